@@ -1,0 +1,173 @@
+//! The validated configuration. `load` reads gateway.yaml once, checks everything, and returns
+//! either a [`Config`] (with warnings) or every problem at once as `FILE:LINE:COL: message`.
+//! Nothing outside this module sees the raw YAML.
+
+mod locate;
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+pub use locate::Pos;
+pub use validate::parse_duration;
+
+use crate::route::RouteTable;
+use crate::scope::{ScopeRegistry, ScopeSet};
+use crate::secret::SecretHash;
+
+/// One config snapshot: everything the request path needs, validated and precomputed.
+#[derive(Debug)]
+pub struct Config {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address (/metrics, /healthz, /readyz).
+    pub admin_listen: SocketAddr,
+    /// Which token store to run.
+    pub store: StoreKind,
+    /// Token endpoint settings.
+    pub tokens: TokenSettings,
+    /// Clients by id.
+    pub clients: HashMap<Arc<str>, Arc<Client>>,
+    /// The routes, ready for lookup.
+    pub routes: RouteTable,
+    /// Every scope name known to this snapshot.
+    pub scopes: ScopeRegistry,
+    /// Checked when a client id is unknown, so that costs what a wrong secret costs.
+    pub dummy_secret: SecretHash,
+    /// Distinct for each snapshot built by this process; cached per-token data compares it.
+    pub generation: u64,
+}
+
+/// The token store kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In-process, per replica.
+    Memory,
+}
+
+/// Token endpoint settings.
+#[derive(Debug)]
+pub struct TokenSettings {
+    /// Lifetime of an issued token.
+    pub ttl: Duration,
+    /// Path of the token endpoint.
+    pub token_path: Arc<str>,
+    /// RFC 8414 issuer, when configured (else derived from the request).
+    pub issuer: Option<Arc<str>>,
+}
+
+/// A client of the gateway.
+#[derive(Debug)]
+pub struct Client {
+    /// The client id (used in metrics and `X-Client-Id`).
+    pub id: Arc<str>,
+    /// The secret, hashed.
+    pub secret: SecretHash,
+    /// Scopes this client may be granted.
+    pub scopes: ScopeSet,
+    /// `X-Client-Id` value, built once.
+    pub id_header: HeaderValue,
+}
+
+/// A config problem with its place in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, as given.
+    pub file: Arc<str>,
+    /// Where in it.
+    pub pos: Pos,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.pos.line, self.pos.col, self.message
+        )
+    }
+}
+
+/// Every error found in a config file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A loaded config with the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// Problems that do not stop the gateway (e.g. a scope no client holds).
+    pub warnings: Vec<Problem>,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let name: Arc<str> = Arc::from(path.display().to_string());
+    match std::fs::read_to_string(path) {
+        Ok(source) => from_str(&source, name),
+        Err(e) => Err(ConfigErrors(vec![Problem {
+            file: name,
+            pos: Pos { line: 1, col: 1 },
+            message: format!("cannot read the config file: {e}"),
+        }])),
+    }
+}
+
+/// Validates config text; `file` names it in messages.
+pub fn from_str(source: &str, file: Arc<str>) -> Result<Loaded, ConfigErrors> {
+    let raw: raw::RawConfig = match serde_norway::from_str(source) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let pos = e
+                .location()
+                .map(|l| Pos {
+                    line: l.line(),
+                    col: l.column(),
+                })
+                .unwrap_or(Pos { line: 1, col: 1 });
+            let text = e.to_string();
+            let message = match text.rfind(" at line ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            return Err(ConfigErrors(vec![Problem { file, pos, message }]));
+        }
+    };
+    let positions = locate::Positions::of(source);
+    let place = |(path, message): (String, String)| Problem {
+        file: file.clone(),
+        pos: positions.find(&path),
+        message,
+    };
+    match validate::validate(raw) {
+        Ok((config, warnings)) => Ok(Loaded {
+            config,
+            warnings: warnings.into_iter().map(place).collect(),
+        }),
+        Err(errors) => Err(ConfigErrors(errors.into_iter().map(place).collect())),
+    }
+}

@@ -1,0 +1,513 @@
+//! Raw config -> typed config. Every check runs; every failure is collected with the config
+//! path it belongs to, so ops see all of their mistakes in one pass.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Scheme, Uri};
+use http::{HeaderValue, Method};
+
+use super::raw::{RawClient, RawConfig, RawRoute, RawStore};
+use super::{Client, Config, StoreKind, TokenSettings};
+use crate::route::{
+    self, standard_index, Access, MethodScopes, Required, Route, RouteTable, Upstream,
+    STANDARD_METHODS,
+};
+use crate::scope::{is_scope_token, ScopeRegistry};
+use crate::secret::SecretHash;
+
+/// (config path, message)
+pub(super) type Found = Vec<(String, String)>;
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Parses `30s`, `15m`, `1h`, `500ms`, `1d`, or a sum such as `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {text:?}: use a number and a unit (ms, s, m, h, d), e.g. 30s, 15m, 1h")
+    };
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Client ids travel in headers and metric labels: visible ASCII only.
+fn is_client_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| (0x21..=0x7E).contains(&b))
+}
+
+/// Route ids are metric labels and must never collide with `none` (unmatched requests).
+fn is_route_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && id.len() <= 64
+}
+
+/// Names reserved for the gateway's own series in `route` labels.
+pub const RESERVED_ROUTE_IDS: [&str; 3] = ["none", "token", "metadata"];
+
+fn check_path(path: &str) -> Result<(), String> {
+    match route::normalize(path) {
+        Err(e) => Err(format!("path {path:?} is not valid: {}", e.describe())),
+        Ok(n) if n != path => Err(format!(
+            "path {path:?} is not normalized; write it as {n:?}"
+        )),
+        Ok(_) if path.len() > 1 && path.ends_with('/') => Err(format!(
+            "path {path:?} must not end with `/` (prefixes match whole segments): write {:?}",
+            path.trim_end_matches('/')
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("upstream {text:?} is not a valid URL: {e}"))?;
+    match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP => {}
+        Some(s) if *s == Scheme::HTTPS => {
+            return Err(format!(
+                "upstream {text:?}: https upstreams are not supported yet; use http://"
+            ))
+        }
+        _ => return Err(format!("upstream {text:?} must be an http:// URL")),
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("upstream {text:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("upstream {text:?} must not carry credentials"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("upstream {text:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("upstream {text:?} must not have a query string"));
+    }
+    let base = uri.path().trim_end_matches('/');
+    if !base.is_empty() {
+        check_path(base).map_err(|e| format!("upstream {text:?}: {e}"))?;
+    }
+    let host = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("upstream {text:?} has an invalid host"))?;
+    Ok(Upstream {
+        scheme: Scheme::HTTP,
+        authority,
+        base_path: base.into(),
+        host,
+    })
+}
+
+fn parse_addr(text: &str, key: &str, errors: &mut Found) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| {
+        errors.push((
+            key.into(),
+            format!("{key} {text:?} is not an address such as 127.0.0.1:8080"),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+/// Validates everything; returns the config and warnings, or every error found.
+pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
+    let mut errors: Found = Vec::new();
+    let mut warnings: Found = Vec::new();
+
+    let listen = parse_addr(&raw.listen, "listen", &mut errors);
+    let admin_listen = parse_addr(&raw.admin_listen, "admin_listen", &mut errors);
+    if listen == admin_listen && listen.port() != 0 {
+        errors.push((
+            "admin_listen".into(),
+            "admin_listen must differ from listen: metrics never go on the public listener".into(),
+        ));
+    }
+    let store = match raw.store {
+        RawStore::Memory => StoreKind::Memory,
+    };
+
+    let ttl = match parse_duration(&raw.tokens.ttl) {
+        Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(30 * 86400) => d,
+        Ok(_) => {
+            errors.push((
+                "tokens.ttl".into(),
+                "tokens.ttl must be between 1s and 30d".into(),
+            ));
+            Duration::from_secs(3600)
+        }
+        Err(e) => {
+            errors.push(("tokens.ttl".into(), e));
+            Duration::from_secs(3600)
+        }
+    };
+    let token_path = raw.tokens.token_path.clone();
+    if let Err(e) = check_path(&token_path) {
+        errors.push(("tokens.token_path".into(), e));
+    }
+    let issuer = match raw.tokens.issuer.as_deref() {
+        None => None,
+        Some(text) => match text.parse::<Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http") | Some("https"))
+                    && u.authority().is_some()
+                    && u.query().is_none() =>
+            {
+                Some(Arc::from(text.trim_end_matches('/')))
+            }
+            _ => {
+                errors.push((
+                    "tokens.issuer".into(),
+                    format!("issuer {text:?} must be an http(s) URL without query"),
+                ));
+                None
+            }
+        },
+    };
+
+    let mut scopes = ScopeRegistry::default();
+    let clients = validate_clients(&raw.clients, &mut scopes, &mut errors);
+    let held = scopes.all().len();
+    let routes = validate_routes(&raw.routes, &token_path, &mut scopes, &mut errors);
+    for (i, r) in raw.routes.iter().enumerate() {
+        for (key, names) in r.scopes.iter().flatten() {
+            for (j, name) in names.iter().enumerate() {
+                if scopes.get(name).is_some_and(|idx| idx >= held) {
+                    warnings.push((
+                        format!("routes[{i}].scopes.{key}[{j}]"),
+                        format!(
+                            "route {:?} requires scope {name:?}, which no client holds",
+                            r.id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    // An unknown client id is checked against this, so it costs what a wrong secret costs
+    // for the kind of hash most clients use.
+    let slow = clients.values().filter(|c| c.secret.is_slow()).count();
+    let dummy_secret = if slow * 2 > clients.len() {
+        clients
+            .values()
+            .find(|c| c.secret.is_slow())
+            .map(|c| c.secret.clone())
+            .unwrap_or_else(|| SecretHash::sha256_of(b"unknown-client"))
+    } else {
+        SecretHash::sha256_of(b"unknown-client")
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok((
+        Config {
+            listen,
+            admin_listen,
+            store,
+            tokens: TokenSettings {
+                ttl,
+                token_path: token_path.into(),
+                issuer,
+            },
+            clients,
+            routes,
+            scopes,
+            dummy_secret,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        },
+        warnings,
+    ))
+}
+
+fn validate_clients(
+    raw: &[RawClient],
+    scopes: &mut ScopeRegistry,
+    errors: &mut Found,
+) -> HashMap<Arc<str>, Arc<Client>> {
+    let mut clients = HashMap::new();
+    let mut ids = HashSet::new();
+    for (i, c) in raw.iter().enumerate() {
+        let at = |k: &str| format!("clients[{i}].{k}");
+        if !is_client_id(&c.id) {
+            errors.push((
+                at("id"),
+                format!(
+                    "client id {:?} must be 1-128 visible ASCII characters without spaces",
+                    c.id
+                ),
+            ));
+            continue;
+        }
+        if !ids.insert(c.id.as_str()) {
+            errors.push((at("id"), format!("duplicate client id {:?}", c.id)));
+            continue;
+        }
+        let secret = match SecretHash::parse(&c.secret_hash) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push((at("secret_hash"), format!("client {:?}: {e}", c.id)));
+                continue;
+            }
+        };
+        let mut ok = true;
+        for (j, s) in c.scopes.iter().enumerate() {
+            if !is_scope_token(s) {
+                errors.push((
+                    format!("clients[{i}].scopes[{j}]"),
+                    format!("scope {s:?} is not a valid scope name (RFC 6749 3.3: no spaces, quotes or backslashes)"),
+                ));
+                ok = false;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let id: Arc<str> = Arc::from(c.id.as_str());
+        let client = Client {
+            id_header: HeaderValue::from_str(&c.id).expect("checked visible ASCII"),
+            id: id.clone(),
+            secret,
+            scopes: scopes.intern_set(c.scopes.iter().map(String::as_str)),
+        };
+        clients.insert(id, Arc::new(client));
+    }
+    clients
+}
+
+fn validate_routes(
+    raw: &[RawRoute],
+    token_path: &str,
+    scopes: &mut ScopeRegistry,
+    errors: &mut Found,
+) -> RouteTable {
+    let mut routes = Vec::new();
+    let mut ids = HashSet::new();
+    let mut paths = HashSet::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = |k: &str| format!("routes[{i}].{k}");
+        let before = errors.len();
+        if !is_route_id(&r.id) {
+            errors.push((at("id"), format!("route id {:?} must be letters, digits, `_`, `-` or `.`, starting with a letter or digit", r.id)));
+        } else if RESERVED_ROUTE_IDS.contains(&r.id.as_str()) {
+            errors.push((
+                at("id"),
+                format!(
+                    "route id {:?} is reserved for the gateway's own metrics",
+                    r.id
+                ),
+            ));
+        } else if !ids.insert(r.id.as_str()) {
+            errors.push((at("id"), format!("duplicate route id {:?}", r.id)));
+        }
+        match check_path(&r.path) {
+            Err(e) => errors.push((at("path"), e)),
+            Ok(()) if !paths.insert(r.path.as_str()) => {
+                errors.push((at("path"), format!("duplicate route path {:?}", r.path)))
+            }
+            Ok(()) if r.path == token_path => errors.push((
+                at("path"),
+                format!("route path {:?} is the token endpoint's path", r.path),
+            )),
+            Ok(()) => {}
+        }
+        let upstream = parse_upstream(&r.upstream).map_err(|e| (at("upstream"), e));
+        let timeout = match parse_duration(&r.timeout) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err((at("timeout"), "timeout must be above zero".to_string())),
+            Err(e) => Err((at("timeout"), e)),
+        };
+        let access = match (r.public, &r.scopes) {
+            (true, None) => Ok(Some(Access::Public)),
+            (true, Some(_)) => Err((
+                at("scopes"),
+                format!("route {:?} is public: it cannot also require scopes", r.id),
+            )),
+            (false, None) => Err((
+                at("id"),
+                format!(
+                    "route {:?} needs a `scopes` map (method -> scopes), or `public: true`",
+                    r.id
+                ),
+            )),
+            (false, Some(map)) => Ok(method_scopes(i, map, scopes, errors).map(Access::Protected)),
+        };
+        let (upstream, timeout, access) = match (upstream, timeout, access) {
+            (Ok(u), Ok(t), Ok(Some(a))) => (Some(u), Some(t), Some(a)),
+            (u, t, a) => {
+                errors.extend(u.err());
+                errors.extend(t.err());
+                errors.extend(a.err());
+                (None, None, None)
+            }
+        };
+        if errors.len() > before {
+            continue;
+        }
+        if let (Some(upstream), Some(timeout), Some(access)) = (upstream, timeout, access) {
+            routes.push(Route {
+                id: r.id.as_str().into(),
+                prefix: r.path.as_str().into(),
+                upstream,
+                strip_prefix: r.strip_prefix,
+                timeout,
+                access,
+            });
+        }
+    }
+    RouteTable::new(routes)
+}
+
+fn method_scopes(
+    route: usize,
+    map: &std::collections::BTreeMap<String, Vec<String>>,
+    scopes: &mut ScopeRegistry,
+    errors: &mut Found,
+) -> Option<MethodScopes> {
+    let before = errors.len();
+    for (key, names) in map {
+        for (j, n) in names.iter().enumerate() {
+            if !is_scope_token(n) {
+                errors.push((
+                    format!("routes[{route}].scopes.{key}[{j}]"),
+                    format!("scope {n:?} is not a valid scope name"),
+                ));
+            }
+        }
+    }
+    let required = |names: &[String], scopes: &mut ScopeRegistry| {
+        let set = scopes.intern_set(names.iter().map(String::as_str));
+        let names = names.join(" ");
+        let challenge = HeaderValue::from_str(&format!(
+            "Bearer realm=\"portcullis\", error=\"insufficient_scope\", error_description=\"the token lacks a scope this request needs\", scope=\"{names}\""
+        ))
+        .unwrap_or(HeaderValue::from_static(
+            "Bearer realm=\"portcullis\", error=\"insufficient_scope\"",
+        ));
+        Arc::new(Required {
+            scopes: set,
+            names: names.into(),
+            challenge,
+        })
+    };
+
+    let mut ms = MethodScopes::default();
+    let mut class: [Option<Arc<Required>>; 7] = Default::default();
+    for (key, names) in map {
+        let req = required(names, scopes);
+        match key.as_str() {
+            "read" => (0..3).for_each(|i| class[i] = Some(req.clone())),
+            "write" => (3..7).for_each(|i| class[i] = Some(req.clone())),
+            "*" => ms.any = Some(req),
+            k if !k.is_empty() && k.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') => {
+                let method = Method::from_bytes(k.as_bytes()).expect("uppercase token");
+                match standard_index(&method) {
+                    Some(i) => ms.standard[i] = Some(req),
+                    None => ms.others.push((method, req)),
+                }
+            }
+            k => errors.push((
+                format!("routes[{route}].scopes.{k}#key"),
+                format!(
+                    "unknown scope key {k:?}: use read, write, \"*\" or an uppercase method name such as GET"
+                ),
+            )),
+        }
+    }
+    for (i, c) in class.into_iter().enumerate() {
+        if ms.standard[i].is_none() {
+            ms.standard[i] = c;
+        }
+    }
+    if ms.any.is_none() {
+        let mut allowed: Vec<&str> = STANDARD_METHODS
+            .iter()
+            .zip(ms.standard.iter())
+            .filter(|(_, r)| r.is_some())
+            .map(|(m, _)| m.as_str())
+            .collect();
+        allowed.extend(ms.others.iter().map(|(m, _)| m.as_str()));
+        ms.allow = HeaderValue::from_str(&allowed.join(", ")).ok();
+    }
+    (errors.len() == before).then_some(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
+        for bad in ["", "s", "10", "5 parsecs", "1.5h", "-1s", "1H", "1hh"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_ids() {
+        assert!(is_route_id("accounts"));
+        assert!(is_route_id("v2.users-list_x"));
+        assert!(!is_route_id("_x"));
+        assert!(!is_route_id(""));
+        assert!(!is_route_id("a b"));
+        assert!(!is_route_id("é"));
+    }
+
+    #[test]
+    fn upstreams() {
+        let u = parse_upstream("http://127.0.0.1:8000").unwrap();
+        assert_eq!(u.authority.as_str(), "127.0.0.1:8000");
+        assert_eq!(&*u.base_path, "");
+        let u = parse_upstream("http://svc.internal/base/").unwrap();
+        assert_eq!(&*u.base_path, "/base");
+        assert_eq!(u.host, "svc.internal");
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:8000",
+            "http://",
+            "http://u:p@host",
+            "http://h/?q=1",
+            "http://h/a/../b",
+            "not a url",
+            "https://h",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The `portcullis` command: serve, check a config, make client secrets.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use portcullis::config;
+use portcullis::secret::{generate_secret, SecretHash};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "OAuth 2.0 client-credentials gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: every problem as FILE:LINE:COL, exit 1 if any.
+    Check {
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Manage clients.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Read a secret on stdin, print its `secret_hash` value.
+    HashSecret,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Generate a secret for a new client; print it once, with the config snippet.
+    New {
+        /// The client id.
+        id: String,
+        /// Scopes to grant, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Client {
+            command: ClientCommand::New { id, scopes },
+        } => client_new(&id, &scopes),
+        Command::HashSecret => hash_secret(),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn print_warnings(warnings: &[config::Problem]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match config::load(&path) {
+        Ok(loaded) => {
+            print_warnings(&loaded.warnings);
+            let c = &loaded.config;
+            println!(
+                "{}: ok: {} clients, {} routes, {} scopes, token endpoint {}, listen {}, admin {}",
+                path.display(),
+                c.clients.len(),
+                c.routes.len(),
+                c.scopes.all().len(),
+                c.tokens.token_path,
+                c.listen,
+                c.admin_listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    init_tracing();
+    let loaded = match config::load(&path) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("refusing to start: {} config error(s)", errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    print_warnings(&loaded.warnings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match portcullis::run(loaded.config, Duration::from_secs(30)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            public = %running.public_addr,
+            admin = %running.admin_addr,
+            config = %path.display(),
+            "listening"
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining connections");
+        running.shutdown(Duration::from_secs(30)).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn client_new(id: &str, scopes: &[String]) -> ExitCode {
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| !portcullis::scope::is_scope_token(s))
+    {
+        eprintln!("error: {bad:?} is not a valid scope name");
+        return ExitCode::FAILURE;
+    }
+    if id.is_empty() || !id.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
+        eprintln!("error: the client id must be visible ASCII without spaces");
+        return ExitCode::FAILURE;
+    }
+    let secret = generate_secret();
+    let hash = SecretHash::sha256_of(secret.as_bytes()).to_config_value();
+    let scopes = scopes
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let id_yaml = serde_json::to_string(id).unwrap_or_default();
+    println!("client secret (shown once; give it to the service, keep it out of git):");
+    println!("  {secret}");
+    println!();
+    println!("add under `clients:` in gateway.yaml:");
+    println!("  - id: {id_yaml}");
+    println!("    secret_hash: \"{hash}\"");
+    println!("    scopes: [{scopes}]");
+    ExitCode::SUCCESS
+}
+
+fn hash_secret() -> ExitCode {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("error: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    // `echo secret | portcullis hash-secret` adds a newline that is not part of the secret.
+    while matches!(input.last(), Some(b'\n' | b'\r')) {
+        input.pop();
+    }
+    if input.is_empty() {
+        eprintln!("error: no secret on stdin");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", SecretHash::sha256_of(&input).to_config_value());
+    ExitCode::SUCCESS
+}

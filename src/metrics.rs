@@ -1,0 +1,273 @@
+//! Prometheus metric families, built once at start-up and handed to the layers that record
+//! them. Label values come only from config (route and client ids) or small fixed sets, never
+//! from the raw request, so a scanner cannot grow the number of series.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use tower::{Layer, Service};
+
+/// The `route` label of requests that matched no route.
+pub const ROUTE_NONE: &str = "none";
+/// The `route` label of token endpoint requests.
+pub const ROUTE_TOKEN: &str = "token";
+/// The `route` label of the discovery document.
+pub const ROUTE_METADATA: &str = "metadata";
+
+/// Request-latency buckets for a proxy: fine below a millisecond, up to a minute.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every auth failure reason, pre-registered so dashboards see zeros, not gaps.
+pub const AUTH_FAILURE_REASONS: [&str; 4] = [
+    "missing_token",
+    "malformed_token",
+    "invalid_token",
+    "insufficient_scope",
+];
+
+/// Every token endpoint error code.
+pub const TOKEN_ERRORS: [&str; 4] = [
+    "invalid_request",
+    "invalid_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
+
+/// The gateway's metric families.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `portcullis_requests_total{route,method,status}`.
+    pub requests: IntCounterVec,
+    /// `portcullis_request_duration_seconds{route}`.
+    pub duration: HistogramVec,
+    /// `portcullis_tokens_issued_total{client}`.
+    pub tokens_issued: IntCounterVec,
+    /// `portcullis_token_errors_total{error}`.
+    pub token_errors: IntCounterVec,
+    /// `portcullis_auth_failures_total{reason}`.
+    pub auth_failures: IntCounterVec,
+    /// `portcullis_live_tokens` held by the memory store.
+    pub live_tokens: IntGauge,
+}
+
+impl Metrics {
+    /// Builds and registers every family.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests answered, by route id, method and status.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Time from request head to response head, by route id.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let tokens_issued = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tokens_issued_total",
+                "Access tokens issued, by client id.",
+            ),
+            &["client"],
+        )
+        .expect("valid metric");
+        let token_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_errors_total",
+                "Token endpoint refusals, by RFC 6749 error code.",
+            ),
+            &["error"],
+        )
+        .expect("valid metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_auth_failures_total",
+                "Protected requests refused by bearer authentication, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let live_tokens = IntGauge::new(
+            "portcullis_live_tokens",
+            "Tokens held by the embedded store (as of the last sweep).",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(tokens_issued.clone()),
+            Box::new(token_errors.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(live_tokens.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for r in AUTH_FAILURE_REASONS {
+            auth_failures.with_label_values(&[r]);
+        }
+        for e in TOKEN_ERRORS {
+            token_errors.with_label_values(&[e]);
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            tokens_issued,
+            token_errors,
+            auth_failures,
+            live_tokens,
+        }
+    }
+
+    /// Creates the per-client series at zero, so a dashboard lists every client.
+    pub fn register_clients<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            self.tokens_issued.with_label_values(&[id]);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The `method` label: the standard methods by name, anything else as `other`.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// Response extension naming the route that answered (a config id or a fixed label).
+#[derive(Clone, Debug)]
+pub struct RouteLabel(pub Arc<str>);
+
+/// Counts and times every request, by the route label the inner service puts on the response.
+#[derive(Clone, Debug)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        MetricsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`MetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> Service<Request<B>> for MetricsService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture {
+            method: method_label(req.method()),
+            start: Instant::now(),
+            metrics: self.metrics.clone(),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Records when the inner service yields its response head.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        method: &'static str,
+        start: Instant,
+        metrics: Arc<Metrics>,
+    }
+}
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let Ok(res) = &out {
+            let route = res
+                .extensions()
+                .get::<RouteLabel>()
+                .map(|r| &*r.0)
+                .unwrap_or(ROUTE_NONE);
+            this.metrics
+                .requests
+                .with_label_values(&[route, this.method, res.status().as_str()])
+                .inc();
+            this.metrics
+                .duration
+                .with_label_values(&[route])
+                .observe(this.start.elapsed().as_secs_f64());
+        }
+        Poll::Ready(out)
+    }
+}

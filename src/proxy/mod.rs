@@ -1,0 +1,104 @@
+//! Forwarding to the upstream: URI rewrite, header hygiene, a pooled keep-alive client, and
+//! bodies streamed both ways (never buffered whole). An upstream that fails mid-body makes
+//! the caller's response fail too: the error travels in the body stream, so hyper aborts the
+//! connection instead of ending the response cleanly.
+
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::route::Route;
+
+pub use headers::{rewrite_request, strip_hop_by_hop, Forwarded};
+
+/// The pooled upstream client.
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// Builds the upstream client: keep-alive pool, `TCP_NODELAY`, bounded connect time.
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(512)
+        // Only a request that was never written is retried (hyper-util returns it unsent),
+        // so this is safe for non-idempotent methods too.
+        .retry_canceled_requests(true)
+        .build(connector)
+}
+
+/// Forwards `req` to `route`'s upstream with `path` (normalized) as the authorized path.
+pub async fn forward(
+    client: &UpstreamClient,
+    route: &Route,
+    path: &str,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    identity: Option<(&HeaderValue, &HeaderValue)>,
+) -> Result<Response<Body>, GatewayError> {
+    let mut target = route.upstream_path(path);
+    if let Some(q) = req.uri().query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(target)
+        .map_err(|_| GatewayError::InvalidRequest("the request target is not valid"))?;
+    let uri = Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::InvalidRequest("the request target is not valid"))?;
+
+    // HTTP/2 callers carry the host in the URI, not in a Host header.
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Some(a) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(http::header::HOST, a);
+        }
+    }
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    rewrite_request(
+        req.headers_mut(),
+        Forwarded {
+            peer: peer.ip(),
+            proto: "http",
+            upstream_host: &route.upstream.host,
+            identity,
+        },
+    );
+
+    let res = match tokio::time::timeout(route.timeout, client.request(req)).await {
+        Err(_) => {
+            tracing::warn!(route = %route.id, "upstream timed out");
+            return Err(GatewayError::UpstreamTimeout);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.id, error = %e, "upstream request failed");
+            return Err(GatewayError::UpstreamUnavailable);
+        }
+        Ok(Ok(res)) => res,
+    };
+    let mut res = res.map(Either::Left);
+    strip_hop_by_hop(res.headers_mut());
+    Ok(res)
+}
