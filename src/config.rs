@@ -139,7 +139,23 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// Validates config text; `file` names it in messages.
 pub fn from_str(source: &str, file: Arc<str>) -> Result<Loaded, ConfigErrors> {
-    let raw: raw::RawConfig = match serde_norway::from_str(source) {
+    let positions = locate::Positions::of(source);
+    let place = |(path, message): (String, String)| Problem {
+        file: file.clone(),
+        pos: positions.find(&path),
+        message,
+    };
+    let mut unknown: Vec<(String, String)> = Vec::new();
+    let parsed: Result<raw::RawConfig, _> =
+        serde_ignored::deserialize(serde_norway::Deserializer::from_str(source), |path| {
+            let path = config_path(&path);
+            let key = path.rsplit('.').next().unwrap_or(&path).to_string();
+            unknown.push((
+                format!("{path}{}", locate::KEY),
+                format!("unknown key `{key}`"),
+            ));
+        });
+    let raw = match parsed {
         Ok(raw) => raw,
         Err(e) => {
             let pos = e
@@ -154,20 +170,72 @@ pub fn from_str(source: &str, file: Arc<str>) -> Result<Loaded, ConfigErrors> {
                 Some(i) => text[..i].to_string(),
                 None => text,
             };
-            return Err(ConfigErrors(vec![Problem { file, pos, message }]));
+            let mut problems: Vec<Problem> = unknown.into_iter().map(place).collect();
+            problems.push(Problem {
+                file: file.clone(),
+                pos,
+                message,
+            });
+            return Err(ConfigErrors(sorted(problems)));
         }
     };
-    let positions = locate::Positions::of(source);
-    let place = |(path, message): (String, String)| Problem {
-        file: file.clone(),
-        pos: positions.find(&path),
-        message,
-    };
     match validate::validate(raw) {
-        Ok((config, warnings)) => Ok(Loaded {
+        Ok((config, warnings)) if unknown.is_empty() => Ok(Loaded {
             config,
             warnings: warnings.into_iter().map(place).collect(),
         }),
-        Err(errors) => Err(ConfigErrors(errors.into_iter().map(place).collect())),
+        Ok(_) => Err(ConfigErrors(sorted(
+            unknown.into_iter().map(place).collect(),
+        ))),
+        Err(errors) => Err(ConfigErrors(sorted(
+            unknown.into_iter().chain(errors).map(place).collect(),
+        ))),
+    }
+}
+
+fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort_by_key(|p| (p.pos.line, p.pos.col));
+    problems
+}
+
+/// `routes[1].colour` from serde_ignored's path.
+fn config_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", config_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = config_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => config_path(parent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unknown_key_with_other_errors() {
+        let src = "listen: 127.0.0.1:1\nlisten_typo: x\nroutes:\n  - id: a\n    path: /a\n    upstream: ftp://x\n    colour: red\n    public: true\n";
+        let errs = from_str(src, "g.yaml".into()).unwrap_err().0;
+        let text: Vec<String> = errs.iter().map(|p| p.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text[0].starts_with("g.yaml:2:1: unknown key `listen_typo`"),
+            "{text:?}"
+        );
+        assert!(text[1].starts_with("g.yaml:6:15: upstream"), "{text:?}");
+        assert!(
+            text[2].starts_with("g.yaml:7:5: unknown key `colour`"),
+            "{text:?}"
+        );
     }
 }

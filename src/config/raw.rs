@@ -1,11 +1,14 @@
 //! The serde mirror of gateway.yaml. Private to `config`: nothing outside sees loose strings.
+//!
+//! Unknown keys are errors, but not through `deny_unknown_fields`, which stops at the first:
+//! `config::from_str` deserializes through `serde_ignored` and reports every unknown key with
+//! its line, together with every other problem.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -31,14 +34,13 @@ fn default_admin_listen() -> String {
 
 /// `store: memory` (the embedded default).
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(rename_all = "lowercase")]
 pub(super) enum RawStore {
     #[default]
     Memory,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawTokens {
     #[serde(default = "default_ttl")]
     pub ttl: String,
@@ -68,7 +70,6 @@ fn default_token_path() -> String {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawClient {
     pub id: String,
     pub secret_hash: String,
@@ -77,7 +78,6 @@ pub(super) struct RawClient {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawRoute {
     pub id: String,
     pub path: String,

@@ -1,0 +1,426 @@
+//! Forwarding: what reaches the upstream and comes back, strip_prefix and upstream base paths,
+//! 502 and 504, an upstream dying in the middle of a body, connection reuse, and 256 MiB streamed
+//! both ways with the gateway's memory staying flat.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const SECRET: &str = "forwarding-test-secret-0123456789abcdefghijkl";
+
+fn client_block() -> String {
+    let mut y = String::from("clients:\n");
+    y.push_str(&client_yaml(
+        "svc",
+        SECRET,
+        &["svc:read", "svc:write", "private:read"],
+    ));
+    y.push_str(&client_yaml("weak", SECRET, &["svc:read"]));
+    y
+}
+
+/// One route entry.
+fn route(id: &str, path: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "  - id: {id}\n    path: {path}\n    upstream: {upstream}\n{extra}    scopes:\n      read: [svc:read]\n      write: [svc:write]\n"
+    )
+}
+
+fn public_route(id: &str, path: &str, upstream: &str, extra: &str) -> String {
+    format!("  - id: {id}\n    path: {path}\n    upstream: {upstream}\n{extra}    public: true\n")
+}
+
+fn gateway(routes: &[String]) -> Gateway {
+    let mut y = config_head("1h");
+    y.push_str(&client_block());
+    y.push_str("routes:\n");
+    for r in routes {
+        y.push_str(r);
+    }
+    Gateway::start(&y)
+}
+
+fn token(gw: &Gateway) -> String {
+    get_token(gw, "svc", SECRET)
+}
+
+#[test]
+fn request_and_response_pass_through_unchanged() {
+    let up = Upstream::start_with(UpstreamOpts {
+        status: 201,
+        headers: vec![
+            ("X-Upstream".into(), "yes".into()),
+            ("Set-Cookie".into(), "s=1; Path=/".into()),
+            ("Content-Type".into(), "text/csv".into()),
+        ],
+        body: Some(b"a,b\n1,2\n".to_vec()),
+        ..Default::default()
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let resp = request("PUT", &gw.url("/svc/items/9?x=1&y=%20z"))
+        .bearer(&tok)
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![0u8, 1, 2, 255, 10, 13])
+        .send();
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    assert_eq!(resp.header("x-upstream"), Some("yes"));
+    assert_eq!(resp.header("set-cookie"), Some("s=1; Path=/"));
+    assert_eq!(resp.header("content-type"), Some("text/csv"));
+    assert_eq!(resp.body, b"a,b\n1,2\n");
+    let rec = up.take_one();
+    assert_eq!(rec.method, "PUT");
+    assert_eq!(rec.target, "/svc/items/9?x=1&y=%20z");
+    assert_eq!(rec.body, vec![0u8, 1, 2, 255, 10, 13]);
+    assert_eq!(
+        rec.header("content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+}
+
+#[test]
+fn upstream_error_statuses_pass_through_as_they_are() {
+    let up = Upstream::start_with(UpstreamOpts {
+        status: 404,
+        headers: vec![("Content-Type".into(), "text/plain".into())],
+        body: Some(b"upstream says no".to_vec()),
+        ..Default::default()
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let resp = get(&gw.url("/svc/missing")).bearer(&tok).send();
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.body, b"upstream says no");
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+}
+
+#[test]
+fn head_requests_get_no_body() {
+    let up = Upstream::start();
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let raw = format!(
+        "HEAD /svc/h HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {tok}\r\n\r\n",
+        gw.addr()
+    );
+    let resp = raw_request(gw.addr(), raw.as_bytes());
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.is_empty());
+    assert_eq!(up.take_one().method, "HEAD");
+}
+
+#[test]
+fn strip_prefix_removes_the_route_path() {
+    let up = Upstream::start();
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "    strip_prefix: true\n")]);
+    let tok = token(&gw);
+    for (target, expected) in [
+        ("/svc/a?b=1", "/a?b=1"),
+        ("/svc", "/"),
+        ("/svc/", "/"),
+        ("/svc/a/b/", "/a/b/"),
+        ("/svc?q=/svc", "/?q=/svc"),
+        ("/svc/%61", "/a"),
+        ("/svc//a", "/a"),
+        ("/svc/svc/x", "/svc/x"),
+        // The prefix is stripped from the normalized path, never from the raw one (Traefik T5).
+        ("/%73vc/a", "/a"),
+        ("/svc/%2e/a", "/a"),
+        ("/x/../svc/a", "/a"),
+    ] {
+        let resp = get(&gw.url(target)).bearer(&tok).send();
+        assert_eq!(resp.status, 200, "{target}: {}", resp.text());
+        assert_eq!(up.take_one().target, expected, "for {target}");
+    }
+}
+
+#[test]
+fn strip_prefix_false_keeps_the_path() {
+    let up = Upstream::start();
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "    strip_prefix: false\n")]);
+    let tok = token(&gw);
+    let resp = get(&gw.url("/svc/a?b=1")).bearer(&tok).send();
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.take_one().target, "/svc/a?b=1");
+}
+
+#[test]
+fn upstream_base_path_is_prepended() {
+    let up = Upstream::start();
+    let base = format!("{}/base", up.url());
+    let gw = gateway(&[route("svc", "/svc", &base, "    strip_prefix: true\n")]);
+    let tok = token(&gw);
+    for (target, expected) in [
+        ("/svc/a", "/base/a"),
+        ("/svc/a/b?q=1", "/base/a/b?q=1"),
+        ("/svc/a/../c", "/base/c"),
+    ] {
+        let resp = get(&gw.url(target)).bearer(&tok).send();
+        assert_eq!(resp.status, 200, "{target}: {}", resp.text());
+        assert_eq!(up.take_one().target, expected, "for {target}");
+    }
+}
+
+#[test]
+fn strip_prefix_cannot_turn_a_traversal_into_a_bypass() {
+    // Traefik CVE-2026-48020: a path routed as public, then normalized into a protected one.
+    let public_up = Upstream::start();
+    let private_up = Upstream::start();
+    let mut private = route("private", "/private", &private_up.url(), "");
+    private = private.replace("read: [svc:read]", "read: [private:read]");
+    let gw = gateway(&[
+        public_route("pub", "/pub", &public_up.url(), "    strip_prefix: true\n"),
+        private,
+    ]);
+    for target in [
+        "/pub/../private",
+        "/pub/%2e%2e/private",
+        "/pub/..%2Fprivate",
+        "/pub/..;/private",
+        "/pub/%2E%2E/%2E%2E/private",
+    ] {
+        let resp = raw_get(gw.addr(), target, "");
+        assert!(
+            resp.status == 401 || resp.status == 400,
+            "{target}: got {} {}",
+            resp.status,
+            resp.text()
+        );
+    }
+    assert_eq!(public_up.count(), 0, "{:?}", public_up.requests());
+    assert_eq!(private_up.count(), 0);
+    // Whatever reaches the public upstream stays under the stripped prefix.
+    let resp = raw_get(gw.addr(), "/pub/a/../b", "");
+    assert_eq!(resp.status, 200);
+    assert_eq!(public_up.take_one().target, "/b");
+}
+
+#[test]
+fn closed_upstream_port_is_502_json() {
+    let gw = gateway(&[
+        route("dead", "/dead", &closed_port_url(), ""),
+        public_route("deadpub", "/deadpub", &closed_port_url(), ""),
+    ]);
+    let tok = token(&gw);
+    let resp = get(&gw.url("/dead/x")).bearer(&tok).send();
+    resp.assert_error(502, None);
+    let resp = post(&gw.url("/deadpub")).body("x").send();
+    resp.assert_error(502, None);
+}
+
+#[test]
+fn upstream_closing_before_its_response_is_502_and_a_post_is_not_retried() {
+    let up = RawUpstream::start(RawReply::Close);
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let resp = post(&gw.url("/svc/pay"))
+        .bearer(&tok)
+        .header("Content-Type", "application/json")
+        .body(r#"{"amount":100}"#)
+        .send();
+    resp.assert_error(502, None);
+    // Give a retry, if any, the time to happen before counting.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "the POST reached the upstream more than once"
+    );
+}
+
+#[test]
+fn upstream_resetting_before_its_response_head_is_502() {
+    let up = RawUpstream::start(RawReply::Truncate {
+        bytes: Vec::new(),
+        reset: true,
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let resp = get(&gw.url("/svc/x")).bearer(&tok).send();
+    resp.assert_error(502, None);
+    // Half a response head, then a reset.
+    let up = RawUpstream::start(RawReply::Truncate {
+        bytes: b"HTTP/1.1 200 OK\r\nContent-Le".to_vec(),
+        reset: true,
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let resp = get(&gw.url("/svc/x")).bearer(&tok).send();
+    resp.assert_error(502, None);
+}
+
+#[test]
+fn upstream_slower_than_the_route_timeout_is_504_json() {
+    let slow = Upstream::delayed(Duration::from_secs(6));
+    let fast = Upstream::start();
+    let gw = gateway(&[
+        route("slow", "/slow", &slow.url(), "    timeout: 1s\n"),
+        route("fast", "/fast", &fast.url(), "    timeout: 1s\n"),
+    ]);
+    let tok = token(&gw);
+    let resp = get(&gw.url("/slow/x")).bearer(&tok).send();
+    resp.assert_error(504, None);
+    assert_eq!(slow.count(), 1, "the request did reach the slow upstream");
+    let resp = get(&gw.url("/fast/x")).bearer(&tok).send();
+    assert_eq!(resp.status, 200);
+}
+
+/// A response head promising 1000 bytes, followed by 10.
+fn truncated_head() -> Vec<u8> {
+    let mut v = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/octet-stream\r\n\r\n"
+        .to_vec();
+    v.extend_from_slice(b"0123456789");
+    v
+}
+
+/// Asserts the caller could not mistake the response for a complete one.
+fn assert_aborted(result: Result<Resp, Aborted>, what: &str) {
+    match result {
+        Ok(resp) => panic!(
+            "{what}: the caller got a clean response: {} {:?} body {} bytes {:?}",
+            resp.status,
+            resp.headers,
+            resp.body.len(),
+            resp.text()
+        ),
+        Err(a) => {
+            if a.status != 0 {
+                assert_eq!(a.status, 200, "{what}: {a:?}");
+                assert!(a.received.len() < 1000, "{what}: {a:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn upstream_reset_mid_body_aborts_the_callers_response() {
+    let up = RawUpstream::start(RawReply::Truncate {
+        bytes: truncated_head(),
+        reset: true,
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let result = get(&gw.url("/svc/file")).bearer(&tok).try_send();
+    assert_aborted(result, "reset");
+}
+
+#[test]
+fn upstream_closing_mid_body_aborts_the_callers_response() {
+    let up = RawUpstream::start(RawReply::Truncate {
+        bytes: truncated_head(),
+        reset: false,
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    let result = get(&gw.url("/svc/file")).bearer(&tok).try_send();
+    assert_aborted(result, "close");
+}
+
+#[test]
+fn upstream_dying_inside_a_chunked_body_aborts_the_callers_response() {
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\na\r\n0123456789\r\n".to_vec();
+    for reset in [false, true] {
+        let up = RawUpstream::start(RawReply::Truncate {
+            bytes: head.clone(),
+            reset,
+        });
+        let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+        let tok = token(&gw);
+        let result = get(&gw.url("/svc/stream")).bearer(&tok).try_send();
+        assert!(
+            result.is_err(),
+            "chunked body cut (reset: {reset}): the caller got a clean response {:?}",
+            result.map(|r| (r.status, r.text()))
+        );
+    }
+}
+
+#[test]
+fn upstream_connections_are_reused() {
+    let up = Upstream::start();
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    for _ in 0..3 {
+        let resp = get(&gw.url("/svc/k")).bearer(&tok).send();
+        assert_eq!(resp.status, 200);
+    }
+    let peers: std::collections::BTreeSet<_> = up.requests().iter().map(|r| r.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "three sequential requests used {} upstream connections",
+        peers.len()
+    );
+}
+
+const BIG: u64 = 256 * 1024 * 1024;
+const RSS_LIMIT_KIB: u64 = 100 * 1024;
+
+#[test]
+fn large_bodies_stream_both_ways_in_flat_memory() {
+    let counter = Upstream::counting();
+    let source = Upstream::streaming(BIG);
+    let gw = gateway(&[
+        route("up", "/upload", &counter.url(), ""),
+        route("down", "/download", &source.url(), ""),
+    ]);
+    let tok = token(&gw);
+
+    // 256 MiB request body, with a Content-Length.
+    let resp = post(&gw.url("/upload"))
+        .bearer(&tok)
+        .header("Content-Type", "application/octet-stream")
+        .streamed_body(BIG)
+        .timeout(BULK_TIMEOUT)
+        .send();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["received"].as_u64(), Some(BIG));
+    assert_eq!(counter.take_one().body_len, BIG);
+
+    // 256 MiB response body.
+    let (status, _, n) = get(&gw.url("/download"))
+        .bearer(&tok)
+        .timeout(BULK_TIMEOUT)
+        .send_counting();
+    assert_eq!(status, 200);
+    assert_eq!(n, BIG, "the caller got {n} of {BIG} bytes");
+
+    let peak = gw.vm_hwm_kib();
+    eprintln!("gateway peak RSS after 2 x 256 MiB: {} KiB", peak);
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "gateway peak RSS {} MiB while streaming 256 MiB each way (limit {} MiB)",
+        peak / 1024,
+        RSS_LIMIT_KIB / 1024
+    );
+}
+
+#[test]
+fn chunked_request_body_streams_in_flat_memory() {
+    let counter = Upstream::counting();
+    let gw = gateway(&[route("up", "/upload", &counter.url(), "")]);
+    let tok = token(&gw);
+    // 64 MiB in chunked encoding, written by hand over a raw socket.
+    let total: usize = 64 * 1024 * 1024;
+    let addr = gw.addr();
+    let mut raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let chunk = vec![b'z'; 256 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(&chunk);
+        raw.extend_from_slice(b"\r\n");
+        sent += chunk.len();
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let resp = raw_request(addr, &raw);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["received"].as_u64(), Some(total as u64));
+    assert_eq!(counter.take_one().body_len, total as u64);
+    assert!(gw.vm_hwm_kib() < RSS_LIMIT_KIB);
+}
