@@ -48,7 +48,10 @@ pub fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Body> {
             }
             match state.shared.store.ready() {
                 Ok(()) => text(StatusCode::OK, "ready\n"),
-                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+                Err(e) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: token store: {}\n", e.detail()),
+                ),
             }
         }
         "/metrics" => {

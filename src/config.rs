@@ -46,10 +46,51 @@ pub struct Config {
 }
 
 /// The token store kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum StoreKind {
     /// In-process, per replica.
     Memory,
+    /// Shared by every replica.
+    Redis(Arc<RedisSettings>),
+}
+
+/// `store.redis`.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// One URL, or the seed nodes of a cluster.
+    pub urls: Vec<String>,
+    /// Redis Cluster rather than one server.
+    pub cluster: bool,
+    /// PEM of a private CA for rediss://.
+    pub ca: Option<Vec<u8>>,
+    /// The password from `password_env`, if set.
+    pub password: Option<String>,
+    /// Prefix of every key.
+    pub key_prefix: Arc<str>,
+    /// How long cached tokens stay accepted while Redis does not answer (0: fail closed).
+    pub stale_for: Duration,
+    /// Bound on every Redis call.
+    pub timeout: Duration,
+    /// Bound on the in-process token cache.
+    pub cache_entries: usize,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry a password: show only where they point.
+        let hosts: Vec<&str> = self
+            .urls
+            .iter()
+            .map(|u| u.rsplit('@').next().unwrap_or(u))
+            .collect();
+        f.debug_struct("RedisSettings")
+            .field("hosts", &hosts)
+            .field("cluster", &self.cluster)
+            .field("key_prefix", &self.key_prefix)
+            .field("stale_for", &self.stale_for)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Token endpoint settings.
@@ -61,6 +102,12 @@ pub struct TokenSettings {
     pub token_path: Arc<str>,
     /// RFC 8414 issuer, when configured (else derived from the request).
     pub issuer: Option<Arc<str>>,
+    /// Path of the RFC 7009 revocation endpoint.
+    pub revoke_path: Arc<str>,
+    /// Path of the RFC 7662 introspection endpoint.
+    pub introspect_path: Arc<str>,
+    /// Hand back a live token for the same scopes instead of minting another.
+    pub reuse: bool,
 }
 
 /// A client of the gateway.
@@ -74,6 +121,8 @@ pub struct Client {
     pub scopes: ScopeSet,
     /// `X-Client-Id` value, built once.
     pub id_header: HeaderValue,
+    /// Past this many live tokens, the oldest are revoked.
+    pub max_live_tokens: Option<u32>,
 }
 
 /// A config problem with its place in the file.

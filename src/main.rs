@@ -41,6 +41,15 @@ enum Command {
     },
     /// Read a secret on stdin, print its `secret_hash` value.
     HashSecret,
+    /// Revoke every live token of a client on every replica (needs the Redis store).
+    Revoke {
+        /// The client whose tokens to revoke.
+        #[arg(long)]
+        client: String,
+        /// The config file (for the store settings).
+        #[arg(long, env = "PORTCULLIS_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -64,6 +73,7 @@ fn main() -> ExitCode {
             command: ClientCommand::New { id, scopes },
         } => client_new(&id, &scopes),
         Command::HashSecret => hash_secret(),
+        Command::Revoke { client, config } => revoke(&client, config),
     }
 }
 
@@ -191,6 +201,61 @@ fn client_new(id: &str, scopes: &[String]) -> ExitCode {
     println!("    secret_hash: \"{hash}\"");
     println!("    scopes: [{scopes}]");
     ExitCode::SUCCESS
+}
+
+fn revoke(client: &str, path: PathBuf) -> ExitCode {
+    use portcullis::config::StoreKind;
+    use portcullis::store::{RedisStore, TokenStore};
+    let loaded = match config::load(&path) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let StoreKind::Redis(settings) = loaded.config.store.clone() else {
+        eprintln!(
+            "error: revoke needs `store: {{redis: ...}}`: with the memory store each gateway holds its own tokens; \
+             remove the client from the config (or change its secret) and restart or reload the gateway"
+        );
+        return ExitCode::FAILURE;
+    };
+    if !loaded.config.clients.contains_key(client) {
+        eprintln!(
+            "warning: client {client:?} is not in {}; revoking its tokens anyway",
+            path.display()
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let metrics = std::sync::Arc::new(portcullis::metrics::Metrics::new());
+        let store = match RedisStore::connect_once(settings, metrics).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match store.revoke_client(client).await {
+            Ok(n) => {
+                println!("revoked {n} live token(s) of client {client:?} on every replica");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn hash_secret() -> ExitCode {

@@ -11,7 +11,8 @@ use std::time::Instant;
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tower::{Layer, Service};
 
@@ -60,6 +61,16 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `portcullis_live_tokens` held by the memory store.
     pub live_tokens: IntGauge,
+    /// `portcullis_store_duration_seconds{op}`: Redis command latency.
+    pub store_duration: HistogramVec,
+    /// `portcullis_store_errors_total{kind}`: timeout, connection, corrupt.
+    pub store_errors: IntCounterVec,
+    /// `portcullis_token_cache_total{result}`: hit, miss, negative_hit, stale.
+    pub token_cache: IntCounterVec,
+    /// `portcullis_revocations_total`: tokens revoked by this replica.
+    pub revocations: IntCounter,
+    /// `portcullis_revocation_lag_seconds`: from a revocation's publication to its eviction here.
+    pub revocation_lag: Histogram,
 }
 
 impl Metrics {
@@ -112,8 +123,51 @@ impl Metrics {
             "Tokens held by the embedded store (as of the last sweep).",
         )
         .expect("valid metric");
+        let store_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_store_duration_seconds",
+                "Token store (Redis) command latency, by operation.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_store_errors_total",
+                "Token store failures, by kind (timeout, connection, corrupt).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_cache_total",
+                "In-process token cache lookups in front of Redis, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let revocations = IntCounter::new(
+            "portcullis_revocations_total",
+            "Tokens revoked by this replica (endpoint, max_live_tokens, revoke command).",
+        )
+        .expect("valid metric");
+        let revocation_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_revocation_lag_seconds",
+                "Time from a revocation being published to its eviction from this replica's cache.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_errors.clone()),
+            Box::new(token_cache.clone()),
+            Box::new(revocations.clone()),
+            Box::new(revocation_lag.clone()),
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(tokens_issued.clone()),
             Box::new(token_errors.clone()),
@@ -128,6 +182,12 @@ impl Metrics {
         for e in TOKEN_ERRORS {
             token_errors.with_label_values(&[e]);
         }
+        for k in ["timeout", "connection", "corrupt"] {
+            store_errors.with_label_values(&[k]);
+        }
+        for r in ["hit", "miss", "negative_hit", "stale"] {
+            token_cache.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             requests,
@@ -136,6 +196,11 @@ impl Metrics {
             token_errors,
             auth_failures,
             live_tokens,
+            store_duration,
+            store_errors,
+            token_cache,
+            revocations,
+            revocation_lag,
         }
     }
 

@@ -112,7 +112,8 @@ pub fn encode_hex(bytes: &[u8]) -> String {
     s
 }
 
-fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
+/// Parses 64 hex digits (either case).
+pub fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
     let bytes = hex.as_bytes();
     if bytes.len() != 64 {
         return None;

@@ -23,7 +23,7 @@ use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::proxy::upstream_client;
 use crate::stack::{stack, Shared};
-use crate::store::{now_ms, MemoryStore, Store};
+use crate::store::{now_ms, MemoryStore, RedisStore, Store};
 
 /// Time a client has to send a complete request head (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,8 +84,11 @@ pub async fn run(config: Config, grace: Duration) -> io::Result<Running> {
 
     let metrics = Arc::new(Metrics::new());
     metrics.register_clients(config.clients.keys().map(|k| &**k));
-    let store = match config.store {
+    let store = match &config.store {
         StoreKind::Memory => Store::Memory(MemoryStore::default()),
+        StoreKind::Redis(settings) => {
+            Store::Redis(RedisStore::start(settings.clone(), metrics.clone()))
+        }
     };
     let shared = Arc::new(Shared {
         config: ArcSwap::from_pointee(config),
@@ -143,13 +146,12 @@ async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match &shared.store {
-            Store::Memory(m) => {
-                let dropped = m.sweep(now_ms());
-                shared.metrics.live_tokens.set(m.len() as i64);
-                if dropped > 0 {
-                    tracing::debug!(dropped, "expired tokens swept");
-                }
+        // Redis expires keys by itself (their TTL is the token's remaining life).
+        if let Store::Memory(m) = &shared.store {
+            let dropped = m.sweep(now_ms());
+            shared.metrics.live_tokens.set(m.len() as i64);
+            if dropped > 0 {
+                tracing::debug!(dropped, "expired tokens swept");
             }
         }
     }

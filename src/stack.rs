@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, MetricsLayer, MetricsService, RouteLabel};
 use crate::proxy::{self, UpstreamClient};
 use crate::route::{normalize, Access};
 use crate::store::Store;
-use crate::token::{self, TokenContext, METADATA_PATH};
+use crate::token::{self, Endpoint, TokenContext, METADATA_PATH};
 
 /// State shared by every connection.
 pub struct Shared {
@@ -83,14 +83,23 @@ fn labelled(mut res: Response<Body>, label: Arc<str>) -> Response<Body> {
 async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let config = shared.config.load_full();
     let path = req.uri().path();
-    if path == &*config.tokens.token_path {
+    let endpoint = if path == &*config.tokens.token_path {
+        Some(Endpoint::Token)
+    } else if path == &*config.tokens.revoke_path {
+        Some(Endpoint::Revoke)
+    } else if path == &*config.tokens.introspect_path {
+        Some(Endpoint::Introspect)
+    } else {
+        None
+    };
+    if let Some(endpoint) = endpoint {
         let cx = TokenContext {
             config: &config,
             store: &shared.store,
             metrics: &shared.metrics,
             peer,
         };
-        let res = token::handle(req, cx).await;
+        let res = token::handle(req, endpoint, cx).await;
         return labelled(res, Arc::from(crate::metrics::ROUTE_TOKEN));
     }
     if path == METADATA_PATH {

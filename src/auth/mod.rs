@@ -96,7 +96,7 @@ pub async fn authenticate<S: TokenStore>(
         ));
     }
     let record = store
-        .get(&TokenDigest::of(token))
+        .get(&TokenDigest::of(token), config)
         .await
         .map_err(|_| GatewayError::StoreUnavailable)?
         .ok_or(GatewayError::InvalidToken(

@@ -32,12 +32,90 @@ fn default_admin_listen() -> String {
     "127.0.0.1:9090".into()
 }
 
-/// `store: memory` (the embedded default).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// `store: memory` (the embedded default) or `store: {redis: {...}}`.
+#[derive(Debug, Default)]
 pub(super) enum RawStore {
     #[default]
     Memory,
+    Redis(RawRedis),
+}
+
+/// By hand, because serde_norway reads externally tagged enums as YAML tags (`!redis`), not
+/// as the one-key map ops write; the inner map still goes through serde (and serde_ignored).
+impl<'de> Deserialize<'de> for RawStore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        const KINDS: &[&str] = &["memory", "redis"];
+        struct Kind;
+        impl<'de> Visitor<'de> for Kind {
+            type Value = RawStore;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`memory` or `{redis: {url: ...}}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStore, E> {
+                match v {
+                    "memory" => Ok(RawStore::Memory),
+                    other => Err(E::unknown_variant(other, KINDS)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawStore, A::Error> {
+                let kind: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let store = match kind.as_str() {
+                    "redis" => RawStore::Redis(map.next_value()?),
+                    "memory" => {
+                        map.next_value::<de::IgnoredAny>()?;
+                        RawStore::Memory
+                    }
+                    other => return Err(de::Error::unknown_variant(other, KINDS)),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom("store takes exactly one kind"));
+                }
+                Ok(store)
+            }
+        }
+        d.deserialize_any(Kind)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawRedis {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// PEM file of a private CA, for rediss://.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "default_stale_for")]
+    pub stale_for: String,
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+fn default_key_prefix() -> String {
+    "portcullis:".into()
+}
+
+fn default_stale_for() -> String {
+    "0s".into()
+}
+
+fn default_redis_timeout() -> String {
+    "500ms".into()
+}
+
+fn default_cache_entries() -> usize {
+    100_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +127,21 @@ pub(super) struct RawTokens {
     /// The RFC 8414 issuer; derived from the request's Host when absent.
     #[serde(default)]
     pub issuer: Option<String>,
+    #[serde(default = "default_revoke_path")]
+    pub revoke_path: String,
+    #[serde(default = "default_introspect_path")]
+    pub introspect_path: String,
+    /// Hand back a client's live token for the same scopes instead of minting another.
+    #[serde(default)]
+    pub reuse: bool,
+}
+
+fn default_revoke_path() -> String {
+    "/oauth/revoke".into()
+}
+
+fn default_introspect_path() -> String {
+    "/oauth/introspect".into()
 }
 
 impl Default for RawTokens {
@@ -57,6 +150,9 @@ impl Default for RawTokens {
             ttl: default_ttl(),
             token_path: default_token_path(),
             issuer: None,
+            revoke_path: default_revoke_path(),
+            introspect_path: default_introspect_path(),
+            reuse: false,
         }
     }
 }
@@ -75,6 +171,9 @@ pub(super) struct RawClient {
     pub secret_hash: String,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Oldest tokens are revoked past this many live ones.
+    #[serde(default)]
+    pub max_live_tokens: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use http::uri::{Scheme, Uri};
 use http::{HeaderValue, Method};
 
-use super::raw::{RawClient, RawConfig, RawRoute, RawStore};
-use super::{Client, Config, StoreKind, TokenSettings};
+use super::raw::{RawClient, RawConfig, RawRedis, RawRoute, RawStore};
+use super::{Client, Config, RedisSettings, StoreKind, TokenSettings};
 use crate::route::{
     self, standard_index, Access, MethodScopes, Required, Route, RouteTable, Upstream,
     STANDARD_METHODS,
@@ -129,6 +129,101 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
     })
 }
 
+fn redis_settings(r: &RawRedis, errors: &mut Found) -> Option<RedisSettings> {
+    let at = |k: &str| format!("store.redis.{k}");
+    let before = errors.len();
+    let (urls, cluster, key) = match (&r.url, &r.cluster) {
+        (Some(u), None) => (vec![u.clone()], false, at("url")),
+        (None, Some(nodes)) if !nodes.is_empty() => (nodes.clone(), true, at("cluster")),
+        _ => {
+            errors.push((
+                "store.redis".into(),
+                "store.redis needs exactly one of `url` or `cluster` (a list of node URLs)".into(),
+            ));
+            return None;
+        }
+    };
+    for (i, u) in urls.iter().enumerate() {
+        let path = if cluster {
+            format!("{key}[{i}]")
+        } else {
+            key.clone()
+        };
+        let shown = u.rsplit('@').next().unwrap_or(u);
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            errors.push((
+                path,
+                format!("redis URL {shown:?} must start with redis:// or rediss://"),
+            ));
+        } else if let Err(e) = redis::Client::open(u.as_str()) {
+            errors.push((
+                path,
+                format!(
+                    "redis URL {shown:?} is not valid: {}",
+                    e.detail().unwrap_or("malformed")
+                ),
+            ));
+        }
+    }
+    let ca = r.ca.as_ref().and_then(|path| match std::fs::read(path) {
+        Ok(pem) => Some(pem),
+        Err(e) => {
+            errors.push((at("ca"), format!("cannot read the CA file {path:?}: {e}")));
+            None
+        }
+    });
+    let password = r
+        .password_env
+        .as_ref()
+        .and_then(|name| match std::env::var(name) {
+            Ok(p) if !p.is_empty() => Some(p),
+            _ => {
+                errors.push((
+                    at("password_env"),
+                    format!("environment variable {name:?} (password_env) is not set"),
+                ));
+                None
+            }
+        });
+    let stale_for = parse_duration(&r.stale_for).unwrap_or_else(|e| {
+        errors.push((at("stale_for"), e));
+        Duration::ZERO
+    });
+    let timeout = match parse_duration(&r.timeout) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errors.push((at("timeout"), "timeout must be above zero".into()));
+            Duration::from_millis(500)
+        }
+        Err(e) => {
+            errors.push((at("timeout"), e));
+            Duration::from_millis(500)
+        }
+    };
+    if r.key_prefix.is_empty() || r.key_prefix.contains(char::is_whitespace) {
+        errors.push((
+            at("key_prefix"),
+            "key_prefix must be non-empty, without spaces".into(),
+        ));
+    }
+    if r.cache_entries == 0 {
+        errors.push((
+            at("cache_entries"),
+            "cache_entries must be at least 1".into(),
+        ));
+    }
+    (errors.len() == before).then(|| RedisSettings {
+        urls,
+        cluster,
+        ca,
+        password,
+        key_prefix: r.key_prefix.as_str().into(),
+        stale_for,
+        timeout,
+        cache_entries: r.cache_entries,
+    })
+}
+
 fn parse_addr(text: &str, key: &str, errors: &mut Found) -> SocketAddr {
     text.parse().unwrap_or_else(|_| {
         errors.push((
@@ -152,8 +247,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
             "admin_listen must differ from listen: metrics never go on the public listener".into(),
         ));
     }
-    let store = match raw.store {
+    let store = match &raw.store {
         RawStore::Memory => StoreKind::Memory,
+        RawStore::Redis(r) => match redis_settings(r, &mut errors) {
+            Some(settings) => StoreKind::Redis(Arc::new(settings)),
+            None => StoreKind::Memory,
+        },
     };
 
     let ttl = match parse_duration(&raw.tokens.ttl) {
@@ -171,8 +270,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
         }
     };
     let token_path = raw.tokens.token_path.clone();
-    if let Err(e) = check_path(&token_path) {
-        errors.push(("tokens.token_path".into(), e));
+    let mut endpoint_paths = HashSet::new();
+    for (key, path) in [
+        ("tokens.token_path", &raw.tokens.token_path),
+        ("tokens.revoke_path", &raw.tokens.revoke_path),
+        ("tokens.introspect_path", &raw.tokens.introspect_path),
+    ] {
+        if let Err(e) = check_path(path) {
+            errors.push((key.into(), e));
+        } else if !endpoint_paths.insert(path.as_str()) {
+            errors.push((
+                key.into(),
+                format!("{key} {path:?} is already used by another endpoint"),
+            ));
+        }
     }
     let issuer = match raw.tokens.issuer.as_deref() {
         None => None,
@@ -197,7 +308,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
     let mut scopes = ScopeRegistry::default();
     let clients = validate_clients(&raw.clients, &mut scopes, &mut errors);
     let held = scopes.all().len();
-    let routes = validate_routes(&raw.routes, &token_path, &mut scopes, &mut errors);
+    let routes = validate_routes(&raw.routes, &endpoint_paths, &mut scopes, &mut errors);
     for (i, r) in raw.routes.iter().enumerate() {
         for (key, names) in r.scopes.iter().flatten() {
             for (j, name) in names.iter().enumerate() {
@@ -239,6 +350,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
                 ttl,
                 token_path: token_path.into(),
                 issuer,
+                revoke_path: raw.tokens.revoke_path.as_str().into(),
+                introspect_path: raw.tokens.introspect_path.as_str().into(),
+                reuse: raw.tokens.reuse,
             },
             clients,
             routes,
@@ -293,8 +407,16 @@ fn validate_clients(
         if !ok {
             continue;
         }
+        if c.max_live_tokens == Some(0) {
+            errors.push((
+                at("max_live_tokens"),
+                "max_live_tokens must be at least 1".into(),
+            ));
+            continue;
+        }
         let id: Arc<str> = Arc::from(c.id.as_str());
         let client = Client {
+            max_live_tokens: c.max_live_tokens,
             id_header: HeaderValue::from_str(&c.id).expect("checked visible ASCII"),
             id: id.clone(),
             secret,
@@ -307,7 +429,7 @@ fn validate_clients(
 
 fn validate_routes(
     raw: &[RawRoute],
-    token_path: &str,
+    endpoint_paths: &HashSet<&str>,
     scopes: &mut ScopeRegistry,
     errors: &mut Found,
 ) -> RouteTable {
@@ -335,9 +457,9 @@ fn validate_routes(
             Ok(()) if !paths.insert(r.path.as_str()) => {
                 errors.push((at("path"), format!("duplicate route path {:?}", r.path)))
             }
-            Ok(()) if r.path == token_path => errors.push((
+            Ok(()) if endpoint_paths.contains(r.path.as_str()) => errors.push((
                 at("path"),
-                format!("route path {:?} is the token endpoint's path", r.path),
+                format!("route path {:?} is an OAuth endpoint's path", r.path),
             )),
             Ok(()) => {}
         }

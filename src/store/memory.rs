@@ -1,78 +1,62 @@
-//! The embedded token store: sharded hash maps keyed by token digest, swept of expired
-//! tokens in the background so the map never grows past the live set.
+//! The embedded token store: a sharded digest map, swept of expired tokens in the background
+//! so it never grows past the live set, and a per-client index (in issue order) for
+//! `max_live_tokens` and revoking a client's tokens.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
+use super::digest_map::DigestMap;
 use super::{now_ms, StoreError, TokenDigest, TokenRecord, TokenStore};
-
-const SHARDS: usize = 16;
-
-/// Keys are SHA-256 digests, already uniform: their first eight bytes are the hash. Only
-/// tokens this gateway minted are ever inserted, so nobody can aim keys at one bucket.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-}
-
-type Shard = HashMap<TokenDigest, Arc<TokenRecord>, BuildHasherDefault<DigestHasher>>;
+use crate::config::Config;
 
 /// Tokens held in this process.
-#[derive(Debug)]
 pub struct MemoryStore {
-    shards: Box<[RwLock<Shard>]>,
+    tokens: DigestMap<Arc<TokenRecord>>,
+    /// Client id -> its tokens, oldest first. May hold digests already revoked or expired;
+    /// the sweep and the limit check skip and drop those.
+    by_client: Mutex<HashMap<Arc<str>, VecDeque<TokenDigest>>>,
+    /// `tokens.reuse`: key -> (sealed token, expiry ms).
+    reusable: Mutex<HashMap<String, (String, u64)>>,
 }
 
-impl std::fmt::Debug for DigestHasher {
+impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DigestHasher")
+        f.debug_struct("MemoryStore")
+            .field("tokens", &self.tokens.len())
+            .finish()
     }
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            tokens: DigestMap::unbounded(),
+            by_client: Mutex::default(),
+            reusable: Mutex::default(),
         }
     }
 }
 
 impl MemoryStore {
-    fn shard(&self, digest: &TokenDigest) -> &RwLock<Shard> {
-        // The last byte picks the shard; the first eight pick the bucket inside it.
-        &self.shards[digest.0[31] as usize % SHARDS]
-    }
-
     /// Drops every expired token; returns how many were dropped.
     pub fn sweep(&self, now: u64) -> usize {
-        let mut dropped = 0;
-        for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
-            let before = map.len();
-            map.retain(|_, r| r.expires_at_ms > now);
-            dropped += before - map.len();
-        }
+        let dropped = self.tokens.retain(|r| r.expires_at_ms > now);
+        let mut index = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+        index.retain(|_, digests| {
+            digests.retain(|d| self.tokens.get(d).is_some());
+            !digests.is_empty()
+        });
+        drop(index);
+        self.reusable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (_, until)| *until > now);
         dropped
     }
 
     /// Number of tokens held (live or not yet swept).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.tokens.len()
     }
 
     /// True when no token is held.
@@ -80,32 +64,86 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn put_now(&self, digest: TokenDigest, record: Arc<TokenRecord>) {
-        self.shard(&digest)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, record);
+    fn put_now(&self, digest: TokenDigest, record: Arc<TokenRecord>, max_live: Option<u32>) {
+        let client = record.client_id.clone();
+        self.tokens.insert(digest, record, |_| false);
+        let mut index = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+        let digests = index.entry(client).or_default();
+        digests.push_back(digest);
+        if let Some(max) = max_live {
+            let now = now_ms();
+            // Drop the dead from the front, then revoke the oldest live ones past the limit.
+            digests.retain(|d| self.tokens.get(d).is_some_and(|r| r.expires_at_ms > now));
+            while digests.len() > max as usize {
+                if let Some(old) = digests.pop_front() {
+                    self.tokens.remove(&old);
+                }
+            }
+        }
     }
 
     fn get_now(&self, digest: &TokenDigest) -> Option<Arc<TokenRecord>> {
-        let record = self
-            .shard(digest)
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-            .cloned()?;
+        let record = self.tokens.get(digest)?;
         (record.expires_at_ms > now_ms()).then_some(record)
     }
 }
 
 impl TokenStore for MemoryStore {
-    async fn put(&self, digest: TokenDigest, record: Arc<TokenRecord>) -> Result<(), StoreError> {
-        self.put_now(digest, record);
+    async fn put(
+        &self,
+        digest: TokenDigest,
+        record: Arc<TokenRecord>,
+        max_live: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.put_now(digest, record, max_live);
         Ok(())
     }
 
-    async fn get(&self, digest: &TokenDigest) -> Result<Option<Arc<TokenRecord>>, StoreError> {
+    async fn get(
+        &self,
+        digest: &TokenDigest,
+        _config: &Config,
+    ) -> Result<Option<Arc<TokenRecord>>, StoreError> {
         Ok(self.get_now(digest))
+    }
+
+    async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+        self.tokens.remove(digest);
+        Ok(())
+    }
+
+    async fn revoke_client(&self, client: &str) -> Result<usize, StoreError> {
+        let digests = self
+            .by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client)
+            .unwrap_or_default();
+        let now = now_ms();
+        Ok(digests
+            .iter()
+            .filter_map(|d| self.tokens.remove(d))
+            .filter(|r| r.expires_at_ms > now)
+            .count())
+    }
+
+    async fn get_reusable(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
+        Ok(self
+            .reusable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(sealed, _)| sealed.clone()))
+    }
+
+    async fn put_reusable(&self, key: &str, sealed: String, ttl_ms: u64) -> Result<(), StoreError> {
+        self.reusable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), (sealed, now_ms() + ttl_ms));
+        Ok(())
     }
 
     fn ready(&self) -> Result<(), StoreError> {
@@ -119,9 +157,9 @@ mod tests {
     use crate::scope::ScopeSet;
     use http::HeaderValue;
 
-    fn record(expires_at_ms: u64) -> Arc<TokenRecord> {
+    fn record(client: &str, expires_at_ms: u64) -> Arc<TokenRecord> {
         Arc::new(TokenRecord {
-            client_id: "c".into(),
+            client_id: client.into(),
             scopes: Arc::from(vec![]),
             issued_at_ms: 0,
             expires_at_ms,
@@ -137,13 +175,42 @@ mod tests {
         let now = now_ms();
         let live = TokenDigest::of("live");
         let dead = TokenDigest::of("dead");
-        s.put_now(live, record(now + 60_000));
-        s.put_now(dead, record(now - 1));
+        s.put_now(live, record("c", now + 60_000), None);
+        s.put_now(dead, record("c", now - 1), None);
         assert!(s.get_now(&live).is_some());
         assert!(s.get_now(&dead).is_none());
         assert!(s.get_now(&TokenDigest::of("other")).is_none());
         assert_eq!(s.len(), 2);
         assert_eq!(s.sweep(now), 1);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn max_live_revokes_the_oldest() {
+        let s = MemoryStore::default();
+        let later = now_ms() + 60_000;
+        let d: Vec<TokenDigest> = (0..5).map(|i| TokenDigest::of(&i.to_string())).collect();
+        for digest in &d {
+            s.put_now(*digest, record("c", later), Some(3));
+        }
+        s.put_now(TokenDigest::of("other"), record("o", later), Some(1));
+        assert!(s.get_now(&d[0]).is_none());
+        assert!(s.get_now(&d[1]).is_none());
+        assert!(s.get_now(&d[2]).is_some());
+        assert!(s.get_now(&d[4]).is_some());
+        assert!(s.get_now(&TokenDigest::of("other")).is_some());
+    }
+
+    #[tokio::test]
+    async fn revoke_client_removes_only_that_client() {
+        let s = MemoryStore::default();
+        let later = now_ms() + 60_000;
+        s.put_now(TokenDigest::of("a1"), record("a", later), None);
+        s.put_now(TokenDigest::of("a2"), record("a", later), None);
+        s.put_now(TokenDigest::of("b1"), record("b", later), None);
+        assert_eq!(s.revoke_client("a").await.unwrap(), 2);
+        assert!(s.get_now(&TokenDigest::of("a1")).is_none());
+        assert!(s.get_now(&TokenDigest::of("b1")).is_some());
+        assert_eq!(s.revoke_client("a").await.unwrap(), 0);
     }
 }

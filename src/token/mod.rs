@@ -2,28 +2,27 @@
 //! Off the per-request proxy path, so plain async code with owned data is fine here.
 
 pub mod request;
+pub mod reuse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, PRAGMA};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::body::{full, Body};
-use crate::config::Config;
+use crate::config::{Client, Config};
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TOKEN_ERRORS};
 use crate::scope::ScopeSet;
 use crate::secret::random_bytes;
 use crate::store::{now_ms, Store, TokenDigest, TokenRecord, TokenStore};
 
-use request::{client_credentials, parse_form};
+use request::{client_credentials, parse_form, TokenForm};
 
 /// Prefix of every access token, so secret scanners can find leaked ones.
 pub const TOKEN_PREFIX: &str = "pct_";
@@ -49,13 +48,21 @@ pub fn is_token_shaped(token: &str) -> bool {
 
 /// A new access token.
 pub fn mint() -> String {
-    let mut t = String::with_capacity(TOKEN_LEN);
-    t.push_str(TOKEN_PREFIX);
-    URL_SAFE_NO_PAD.encode_string(random_bytes::<32>(), &mut t);
-    t
+    reuse::token_text(&random_bytes::<32>())
 }
 
-/// Everything the token endpoint needs.
+/// Which OAuth endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// RFC 6749 4.4 token issuance.
+    Token,
+    /// RFC 7009 revocation.
+    Revoke,
+    /// RFC 7662 introspection.
+    Introspect,
+}
+
+/// Everything the OAuth endpoints need.
 pub struct TokenContext<'a> {
     /// The current config snapshot.
     pub config: &'a Arc<Config>,
@@ -67,15 +74,24 @@ pub struct TokenContext<'a> {
     pub peer: SocketAddr,
 }
 
-/// Answers a request to the token endpoint.
-pub async fn handle(req: Request<Incoming>, cx: TokenContext<'_>) -> Response<Body> {
-    match issue(req, &cx).await {
+/// Answers a request to one of the OAuth endpoints.
+pub async fn handle(
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    cx: TokenContext<'_>,
+) -> Response<Body> {
+    let out = match read_form(req).await {
+        Ok((headers, form)) => match endpoint {
+            Endpoint::Token => issue(&headers, form, &cx).await,
+            Endpoint::Revoke => revoke(&headers, form, &cx).await,
+            Endpoint::Introspect => introspect(&headers, form, &cx).await,
+        },
+        Err(e) => Err(e),
+    };
+    match out {
         Ok(res) => res,
         Err(e) => {
-            if matches!(
-                e.code(),
-                "invalid_request" | "invalid_client" | "unsupported_grant_type" | "invalid_scope"
-            ) {
+            if TOKEN_ERRORS.contains(&e.code()) {
                 cx.metrics.token_errors.with_label_values(&[e.code()]).inc();
             }
             let mut res = e.into_response();
@@ -86,10 +102,9 @@ pub async fn handle(req: Request<Incoming>, cx: TokenContext<'_>) -> Response<Bo
     }
 }
 
-async fn issue(
-    req: Request<Incoming>,
-    cx: &TokenContext<'_>,
-) -> Result<Response<Body>, GatewayError> {
+/// The checks every OAuth endpoint shares: POST, no credentials in the query, a form body of
+/// at most 4 KiB, well formed.
+async fn read_form(req: Request<Incoming>) -> Result<(HeaderMap, TokenForm), GatewayError> {
     if req.method() != Method::POST {
         return Err(GatewayError::MethodNotAllowed(Some(
             HeaderValue::from_static("POST"),
@@ -97,10 +112,10 @@ async fn issue(
     }
     if let Some(q) = req.uri().query() {
         if form_urlencoded::parse(q.as_bytes())
-            .any(|(k, _)| k == "client_secret" || k == "client_id")
+            .any(|(k, _)| k == "client_secret" || k == "client_id" || k == "token")
         {
             return Err(GatewayError::InvalidRequest(
-                "client credentials must not be sent in the query string",
+                "credentials must not be sent in the query string",
             ));
         }
     }
@@ -125,14 +140,17 @@ async fn issue(
     }
     let (parts, body) = req.into_parts();
     let body = read_body(body).await?;
-    let mut form = parse_form(&body)?;
+    Ok((parts.headers, parse_form(&body)?))
+}
 
-    match form.grant_type.as_deref() {
-        None => return Err(GatewayError::InvalidRequest("grant_type is missing")),
-        Some("client_credentials") => {}
-        Some(_) => return Err(GatewayError::UnsupportedGrantType),
-    }
-    let creds = client_credentials(&parts.headers, &mut form)?;
+/// RFC 6749 2.3.1 client authentication, constant time, one answer for every failure.
+/// Returns the client and the secret it presented (for sealing a reusable token).
+async fn authenticate_client(
+    headers: &HeaderMap,
+    form: &mut TokenForm,
+    cx: &TokenContext<'_>,
+) -> Result<(Arc<Client>, Vec<u8>), GatewayError> {
+    let creds = client_credentials(headers, form)?;
     let config = cx.config;
     let client = config.clients.get(creds.id.as_str()).cloned();
     let secret = match &client {
@@ -141,79 +159,219 @@ async fn issue(
     };
     let presented = creds.secret.into_bytes();
     let verified = if secret.is_slow() {
-        tokio::task::spawn_blocking(move || secret.verify(&presented))
+        let p = presented.clone();
+        tokio::task::spawn_blocking(move || secret.verify(&p))
             .await
             .unwrap_or(false)
     } else {
         secret.verify(&presented)
     };
-    let client = match client {
-        Some(c) if verified => c,
+    match client {
+        Some(c) if verified => Ok((c, presented)),
         _ => {
             tracing::warn!(client_id = %creds.id, peer = %cx.peer, "client authentication failed");
-            return Err(GatewayError::InvalidClient);
+            Err(GatewayError::InvalidClient)
         }
-    };
+    }
+}
+
+fn json(body: serde_json::Value) -> Response<Body> {
+    let mut res = Response::new(full(body.to_string()));
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+async fn issue(
+    headers: &HeaderMap,
+    mut form: TokenForm,
+    cx: &TokenContext<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    match form.grant_type.as_deref() {
+        None => return Err(GatewayError::InvalidRequest("grant_type is missing")),
+        Some("client_credentials") => {}
+        Some(_) => return Err(GatewayError::UnsupportedGrantType),
+    }
+    let (client, secret) = authenticate_client(headers, &mut form, cx).await?;
+    let config = cx.config;
 
     let granted: ScopeSet = match form.scope.as_deref() {
         None => client.scopes.clone(),
         Some(asked) => {
             let names: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
+            let unknown = names.iter().any(|n| config.scopes.get(n).is_none());
+            let set = config.scopes.set_of(names.iter().copied());
             if names.is_empty() {
                 client.scopes.clone()
+            } else if unknown || !set.is_subset_of(&client.scopes) {
+                return Err(GatewayError::InvalidScope(
+                    "a requested scope is unknown or not granted to this client",
+                ));
             } else {
-                if names.iter().any(|n| config.scopes.get(n).is_none()) {
-                    return Err(GatewayError::InvalidScope(
-                        "a requested scope is unknown or not granted to this client",
-                    ));
-                }
-                let set = config.scopes.set_of(names.iter().copied());
-                if !set.is_subset_of(&client.scopes) {
-                    return Err(GatewayError::InvalidScope(
-                        "a requested scope is unknown or not granted to this client",
-                    ));
-                }
                 set
             }
         }
     };
 
-    let scope_text = config.scopes.join(&granted);
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::warn!(error = %e, "token store failed while issuing");
+        GatewayError::StoreUnavailable
+    };
     let names: Arc<[Arc<str>]> = config.scopes.names(&granted).cloned().collect();
     let now = now_ms();
+    let scope_text = names.join(" ");
+    // Sealing needs a high-entropy secret (see token::reuse).
+    let reuse_key = (config.tokens.reuse && !client.secret.is_slow())
+        .then(|| reuse::reuse_key(&client.id, &scope_text));
+    if let Some(key) = &reuse_key {
+        if let Some(found) = reusable(key, &secret, &client.id, now, cx).await? {
+            return Ok(found);
+        }
+    }
     let ttl = config.tokens.ttl;
-    let record = Arc::new(TokenRecord {
-        client_id: client.id.clone(),
-        scopes: names,
-        issued_at_ms: now,
-        expires_at_ms: now + ttl.as_millis() as u64,
-        generation: config.generation,
-        scope_bits: granted,
-        scope_header: HeaderValue::from_str(&scope_text).unwrap_or(HeaderValue::from_static("")),
-    });
-    let token = mint();
+    let expires = now + ttl.as_millis() as u64;
+    let record = Arc::new(TokenRecord::new(
+        client.id.clone(),
+        names,
+        now,
+        expires,
+        config,
+    ));
+    let raw = random_bytes::<32>();
+    let token = reuse::token_text(&raw);
     cx.store
-        .put(TokenDigest::of(&token), record)
+        .put(TokenDigest::of(&token), record, client.max_live_tokens)
         .await
-        .map_err(|_| GatewayError::StoreUnavailable)?;
+        .map_err(unavailable)?;
+    if let Some(key) = &reuse_key {
+        // Kept for half the lifetime: past that, a caller gets a fresh token.
+        let sealed = reuse::Sealed::seal(&raw, &secret, &client.id, now, expires);
+        cx.store
+            .put_reusable(key, sealed.encode(), (expires - now) / 2)
+            .await
+            .map_err(unavailable)?;
+    }
     cx.metrics
         .tokens_issued
         .with_label_values(&[&client.id])
         .inc();
     tracing::debug!(client_id = %client.id, scope = %scope_text, "token issued");
 
-    let body = serde_json::json!({
+    Ok(json(serde_json::json!({
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": ttl.as_secs(),
         "scope": scope_text,
-    });
-    let mut res = Response::new(full(body.to_string()));
-    let h = res.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    })))
+}
+
+/// The client's live token for these scopes, if reuse is on and it has more than half its
+/// lifetime left.
+async fn reusable(
+    key: &str,
+    secret: &[u8],
+    client: &str,
+    now: u64,
+    cx: &TokenContext<'_>,
+) -> Result<Option<Response<Body>>, GatewayError> {
+    let unavailable = |_| GatewayError::StoreUnavailable;
+    let Some(sealed) = cx.store.get_reusable(key).await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let Some(sealed) = reuse::Sealed::decode(&sealed) else {
+        return Ok(None);
+    };
+    let half = sealed.issued_at_ms + (sealed.expires_at_ms - sealed.issued_at_ms) / 2;
+    if now >= half {
+        return Ok(None);
+    }
+    let Some(token) = sealed.open(secret, client) else {
+        return Ok(None);
+    };
+    // Revoked since: mint a new one.
+    let Some(record) = cx
+        .store
+        .get(&sealed.digest, cx.config)
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(json(serde_json::json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": record.expires_at_ms.saturating_sub(now) / 1000,
+        "scope": record.scope_text(),
+    }))))
+}
+
+/// RFC 7009: a client revokes one of its own tokens. Unknown tokens, and tokens of other
+/// clients, get the same 200 and nothing happens, so the endpoint tells nobody what exists.
+async fn revoke(
+    headers: &HeaderMap,
+    mut form: TokenForm,
+    cx: &TokenContext<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let (client, _) = authenticate_client(headers, &mut form, cx).await?;
+    let token = form.token.ok_or(GatewayError::InvalidRequest(
+        "the token parameter is missing",
+    ))?;
+    if is_token_shaped(&token) {
+        let digest = TokenDigest::of(&token);
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::warn!(error = %e, "token store failed while revoking");
+            GatewayError::StoreUnavailable
+        };
+        let record = cx
+            .store
+            .get(&digest, cx.config)
+            .await
+            .map_err(unavailable)?;
+        if record.is_some_and(|r| r.client_id == client.id) {
+            cx.store.revoke(&digest).await.map_err(unavailable)?;
+            tracing::info!(client_id = %client.id, "token revoked");
+        }
+    }
+    let mut res = Response::new(crate::body::empty());
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
+}
+
+/// RFC 7662: what a token grants, for an authenticated client; `{"active":false}` for
+/// anything that is not a live token.
+async fn introspect(
+    headers: &HeaderMap,
+    mut form: TokenForm,
+    cx: &TokenContext<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    authenticate_client(headers, &mut form, cx).await?;
+    let token = form.token.ok_or(GatewayError::InvalidRequest(
+        "the token parameter is missing",
+    ))?;
+    let record = if is_token_shaped(&token) {
+        cx.store
+            .get(&TokenDigest::of(&token), cx.config)
+            .await
+            .map_err(|_| GatewayError::StoreUnavailable)?
+    } else {
+        None
+    };
+    // A client removed from config has no live tokens, whatever the store says.
+    let record = record.filter(|r| cx.config.clients.contains_key(&r.client_id));
+    Ok(json(match record {
+        None => serde_json::json!({ "active": false }),
+        Some(r) => serde_json::json!({
+            "active": true,
+            "scope": r.scope_text(),
+            "client_id": &*r.client_id,
+            "token_type": "Bearer",
+            "exp": r.expires_at_ms / 1000,
+            "iat": r.issued_at_ms / 1000,
+        }),
+    }))
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, GatewayError> {
@@ -254,8 +412,12 @@ pub fn metadata(req: &Request<Incoming>, config: &Config) -> Response<Body> {
     let body = serde_json::json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}{}", config.tokens.token_path),
+        "revocation_endpoint": format!("{issuer}{}", config.tokens.revoke_path),
+        "introspection_endpoint": format!("{issuer}{}", config.tokens.introspect_path),
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "response_types_supported": [],
         "scopes_supported": scopes,
     });

@@ -27,6 +27,8 @@ pub struct TokenForm {
     pub client_id: Option<String>,
     /// `client_secret` (client_secret_post).
     pub client_secret: Option<String>,
+    /// `token` (revocation and introspection; never logged).
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for TokenForm {
@@ -91,6 +93,7 @@ pub fn parse_form(body: &[u8]) -> Result<TokenForm, GatewayError> {
             "scope" => &mut form.scope,
             "client_id" => &mut form.client_id,
             "client_secret" => &mut form.client_secret,
+            "token" => &mut form.token,
             _ => {
                 seen.push(name);
                 continue;
