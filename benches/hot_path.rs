@@ -71,7 +71,7 @@ fn benches(c: &mut Criterion) {
         scope_bits: scopes,
         scope_header: HeaderValue::from_static("r0:read r0:write"),
     });
-    rt.block_on(store.put(TokenDigest::of(&token), record))
+    rt.block_on(store.put(TokenDigest::of(&token), record, None))
         .unwrap();
     // 100k other live tokens, so the lookup is not into an empty map.
     for _ in 0..100_000 {
@@ -84,7 +84,8 @@ fn benches(c: &mut Criterion) {
             scope_bits: Default::default(),
             scope_header: HeaderValue::from_static(""),
         });
-        rt.block_on(store.put(TokenDigest::of(&mint()), r)).unwrap();
+        rt.block_on(store.put(TokenDigest::of(&mint()), r, None))
+            .unwrap();
     }
     c.bench_function("validate_token_memory_store", |b| {
         b.iter(|| {

@@ -5,7 +5,6 @@
 //! `cargo run --example demo [-- path/to/gateway.yaml]`
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -79,7 +78,7 @@ async fn main() {
         }
     });
 
-    let running = portcullis::run(loaded.config, Duration::from_secs(5))
+    let running = portcullis::run(loaded.config)
         .await
         .unwrap_or_else(|e| panic!("gateway cannot listen: {e}"));
     tracing::info!(
@@ -88,6 +87,7 @@ async fn main() {
         upstream = UPSTREAM,
         "listening: demo gateway and upstream are up; Ctrl-C stops both"
     );
+    running.watch_config(path.into());
     let _ = tokio::signal::ctrl_c().await;
-    running.shutdown(Duration::from_secs(5)).await;
+    running.shutdown().await;
 }

@@ -4,6 +4,7 @@
 
 mod locate;
 mod raw;
+pub mod reload;
 mod validate;
 
 use std::collections::HashMap;
@@ -43,6 +44,21 @@ pub struct Config {
     pub dummy_secret: SecretHash,
     /// Distinct for each snapshot built by this process; cached per-token data compares it.
     pub generation: u64,
+    /// Listener limits (read at start; a change needs a restart).
+    pub server: ServerLimits,
+    /// How long requests in flight may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// `server:` limits of the public listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Time to receive a request head; also the idle keep-alive bound.
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// The token store kinds.

@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use portcullis::config;
@@ -144,7 +143,7 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let running = match portcullis::run(loaded.config, Duration::from_secs(30)).await {
+        let running = match portcullis::run(loaded.config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen");
@@ -157,9 +156,10 @@ fn serve(path: PathBuf) -> ExitCode {
             config = %path.display(),
             "listening"
         );
+        running.watch_config(path.clone());
         wait_for_signal().await;
         tracing::info!("shutting down: draining connections");
-        running.shutdown(Duration::from_secs(30)).await;
+        running.shutdown().await;
         ExitCode::SUCCESS
     })
 }

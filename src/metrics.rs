@@ -11,8 +11,8 @@ use std::time::Instant;
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 use tower::{Layer, Service};
 
@@ -71,6 +71,12 @@ pub struct Metrics {
     pub revocations: IntCounter,
     /// `portcullis_revocation_lag_seconds`: from a revocation's publication to its eviction here.
     pub revocation_lag: Histogram,
+    /// `portcullis_config_reloads_total{result}`: ok, error.
+    pub config_reloads: IntCounterVec,
+    /// `portcullis_config_generation`: bumps on every applied config.
+    pub config_generation: IntGauge,
+    /// `portcullis_config_last_reload_success_timestamp_seconds`.
+    pub config_last_reload: Gauge,
 }
 
 impl Metrics {
@@ -161,8 +167,29 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Config reload attempts, by result (ok, error).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "portcullis_config_generation",
+            "Number of config snapshots applied since start (1 = the initial one).",
+        )
+        .expect("valid metric");
+        let config_last_reload = Gauge::new(
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successfully applied config.",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(store_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_generation.clone()),
+            Box::new(config_last_reload.clone()),
+            Box::new(store_duration.clone()),
             Box::new(store_errors.clone()),
             Box::new(token_cache.clone()),
             Box::new(revocations.clone()),
@@ -181,6 +208,9 @@ impl Metrics {
         }
         for e in TOKEN_ERRORS {
             token_errors.with_label_values(&[e]);
+        }
+        for r in ["ok", "error"] {
+            config_reloads.with_label_values(&[r]);
         }
         for k in ["timeout", "connection", "corrupt"] {
             store_errors.with_label_values(&[k]);
@@ -201,6 +231,9 @@ impl Metrics {
             token_cache,
             revocations,
             revocation_lag,
+            config_reloads,
+            config_generation,
+            config_last_reload,
         }
     }
 

@@ -1,9 +1,12 @@
-//! Listeners and connections: accept, hand each connection to hyper (HTTP/1.1 and h2c), and
-//! drain gracefully on shutdown. Timeouts here guard the server itself (slow headers).
+//! Listeners and connections: accept (bounded by `max_connections`), hand each connection to
+//! hyper (HTTP/1.1 and h2c), reload the config on SIGHUP or file change, and drain gracefully
+//! on shutdown: the public listener stops first while `/readyz` says 503; the admin listener
+//! goes last.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +18,17 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, StoreKind};
+use crate::config::reload::{watch_config, Trigger};
+use crate::config::{Config, Loaded, ServerLimits, StoreKind};
 use crate::metrics::Metrics;
 use crate::proxy::upstream_client;
 use crate::stack::{stack, Shared};
 use crate::store::{now_ms, MemoryStore, RedisStore, Store};
 
-/// Time a client has to send a complete request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often expired tokens are swept from the memory store.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -39,51 +41,113 @@ pub struct Running {
     /// Gateway state (config, store, metrics).
     pub shared: Arc<Shared>,
     admin: Arc<AdminState>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    stop_public: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    public_tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
 }
 
 impl Running {
-    /// Stops accepting, lets requests in flight finish for up to `grace`, then returns.
-    pub async fn shutdown(self, grace: Duration) {
+    /// Stops accepting, lets requests in flight finish for up to the configured grace
+    /// period, then stops the admin listener and returns.
+    pub async fn shutdown(self) {
+        let grace = self.shared.config.load().shutdown_grace;
         self.admin.draining.store(true, Ordering::Relaxed);
-        let _ = self.stop.send(true);
-        let all = futures_join(self.tasks);
-        if tokio::time::timeout(grace + Duration::from_secs(1), all)
+        let _ = self.stop_public.send(true);
+        let public = async {
+            for t in self.public_tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace + Duration::from_secs(1), public)
             .await
             .is_err()
         {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
+        let _ = self.stop_admin.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.admin_task).await;
+    }
+
+    /// Reloads the config from `path` on SIGHUP and whenever the file changes.
+    pub fn watch_config(&self, path: PathBuf) {
+        let shared = self.shared.clone();
+        let rejected_metrics = self.shared.metrics.clone();
+        let stop = self.stop_public.subscribe();
+        tokio::spawn(watch_config(
+            path,
+            stop,
+            move |loaded, trigger| apply(&shared, loaded, trigger),
+            move |errors, trigger| {
+                rejected_metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                for p in &errors.0 {
+                    tracing::error!(problem = %p, ?trigger, "config reload refused; the running config stays");
+                }
+            },
+        ));
     }
 }
 
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
+/// Swaps in a new snapshot: everything the request path reads changes at once. Listener
+/// addresses, limits and the store are fixed at start; a change to them is reported, and
+/// the rest still applies.
+fn apply(shared: &Shared, loaded: Loaded, trigger: Trigger) {
+    let new = loaded.config;
+    let old = shared.config.load();
+    if new.listen != old.listen || new.admin_listen != old.admin_listen || new.server != old.server
+    {
+        tracing::warn!("listen addresses and server limits change only at restart");
     }
+    if format!("{:?}", new.store) != format!("{:?}", old.store) {
+        tracing::warn!("the token store changes only at restart; keeping the current one");
+    }
+    for w in &loaded.warnings {
+        tracing::warn!(problem = %w, "config warning");
+    }
+    shared
+        .metrics
+        .register_clients(new.clients.keys().map(|k| &**k));
+    let (clients, routes) = (new.clients.len(), new.routes.len());
+    shared.config.store(Arc::new(new));
+    let m = &shared.metrics;
+    m.config_reloads.with_label_values(&["ok"]).inc();
+    m.config_generation.inc();
+    m.config_last_reload.set(now_ms() as f64 / 1000.0);
+    tracing::info!(?trigger, clients, routes, "config reloaded");
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        // Without a timer hyper's header read timeout does nothing (hyper-util#137).
+        // Without a timer hyper's header read timeout does nothing (hyper-util#137). It runs
+        // while waiting for every request head, so it also closes idle keep-alive connections.
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
-    b.http2().timer(TokioTimer::new());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
     b
 }
 
 /// Binds both listeners and starts serving `config`.
-pub async fn run(config: Config, grace: Duration) -> io::Result<Running> {
+pub async fn run(config: Config) -> io::Result<Running> {
     let public = TcpListener::bind(config.listen).await?;
     let admin_listener = TcpListener::bind(config.admin_listen).await?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let limits = config.server;
 
     let metrics = Arc::new(Metrics::new());
     metrics.register_clients(config.clients.keys().map(|k| &**k));
+    metrics.config_generation.set(1);
+    metrics.config_last_reload.set(now_ms() as f64 / 1000.0);
     let store = match &config.store {
         StoreKind::Memory => Store::Memory(MemoryStore::default()),
         StoreKind::Redis(settings) => {
@@ -100,24 +164,28 @@ pub async fn run(config: Config, grace: Duration) -> io::Result<Running> {
         shared: shared.clone(),
         draining: Default::default(),
     });
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop_public, stop_rx) = watch::channel(false);
+    let (stop_admin, admin_rx) = watch::channel(false);
 
-    let mut tasks = Vec::new();
+    let mut public_tasks = Vec::new();
     {
         let shared = shared.clone();
-        tasks.push(tokio::spawn(serve(
+        public_tasks.push(tokio::spawn(serve(
             public,
+            builder(&limits),
+            limits.max_connections,
             stop_rx.clone(),
-            grace,
             move |peer| TowerToHyperService::new(stack(shared.clone(), peer)),
         )));
     }
-    {
+    public_tasks.push(tokio::spawn(sweep(shared.clone(), stop_rx)));
+    let admin_task = {
         let admin = admin.clone();
-        tasks.push(tokio::spawn(serve(
+        tokio::spawn(serve(
             admin_listener,
-            stop_rx.clone(),
-            grace,
+            builder(&limits),
+            256,
+            admin_rx,
             move |_| {
                 let admin = admin.clone();
                 service_fn(move |req| {
@@ -125,17 +193,18 @@ pub async fn run(config: Config, grace: Duration) -> io::Result<Running> {
                     async move { Ok::<_, Infallible>(res) }
                 })
             },
-        )));
-    }
-    tasks.push(tokio::spawn(sweep(shared.clone(), stop_rx)));
+        ))
+    };
 
     Ok(Running {
         public_addr,
         admin_addr,
         shared,
         admin,
-        stop,
-        tasks,
+        stop_public,
+        stop_admin,
+        public_tasks,
+        admin_task,
     })
 }
 
@@ -159,8 +228,9 @@ async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 async fn serve<F, S>(
     listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    max_connections: usize,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
     make_service: F,
 ) where
     F: Fn(SocketAddr) -> S,
@@ -172,9 +242,17 @@ async fn serve<F, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = builder();
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
+        // At the limit, stop accepting: new connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -196,13 +274,10 @@ async fn serve<F, S>(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the grace period; closing them");
-    }
+    // The caller bounds this wait by the grace period.
+    graceful.shutdown().await;
 }

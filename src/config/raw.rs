@@ -22,6 +22,50 @@ pub(super) struct RawConfig {
     pub clients: Vec<RawClient>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub server: RawServer,
+    /// How long requests in flight may take to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: String,
+}
+
+fn default_shutdown_grace() -> String {
+    "30s".into()
+}
+
+/// Limits of the public listener.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawServer {
+    /// Time to receive a complete request head; also how long an idle keep-alive connection
+    /// is kept (slowloris guard).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: String,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> String {
+    "30s".into()
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 fn default_listen() -> String {

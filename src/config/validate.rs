@@ -11,7 +11,7 @@ use http::uri::{Scheme, Uri};
 use http::{HeaderValue, Method};
 
 use super::raw::{RawClient, RawConfig, RawRedis, RawRoute, RawStore};
-use super::{Client, Config, RedisSettings, StoreKind, TokenSettings};
+use super::{Client, Config, RedisSettings, ServerLimits, StoreKind, TokenSettings};
 use crate::route::{
     self, standard_index, Access, MethodScopes, Required, Route, RouteTable, Upstream,
     STANDARD_METHODS,
@@ -305,6 +305,46 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
         },
     };
 
+    let positive = |key: &str, text: &str, errors: &mut Found| match parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errors.push((key.into(), format!("{key} must be above zero")));
+            Duration::from_secs(30)
+        }
+        Err(e) => {
+            errors.push((key.into(), e));
+            Duration::from_secs(30)
+        }
+    };
+    let server = ServerLimits {
+        header_read_timeout: positive(
+            "server.header_read_timeout",
+            &raw.server.header_read_timeout,
+            &mut errors,
+        ),
+        max_header_bytes: raw.server.max_header_bytes,
+        max_connections: raw.server.max_connections,
+    };
+    if server.max_header_bytes < 8192 {
+        errors.push((
+            "server.max_header_bytes".into(),
+            "server.max_header_bytes must be at least 8192".into(),
+        ));
+    }
+    if server.max_connections == 0 {
+        errors.push((
+            "server.max_connections".into(),
+            "server.max_connections must be at least 1".into(),
+        ));
+    }
+    let shutdown_grace = match parse_duration(&raw.shutdown_grace) {
+        Ok(d) => d,
+        Err(e) => {
+            errors.push(("shutdown_grace".into(), e));
+            Duration::from_secs(30)
+        }
+    };
+
     let mut scopes = ScopeRegistry::default();
     let clients = validate_clients(&raw.clients, &mut scopes, &mut errors);
     let held = scopes.all().len();
@@ -359,6 +399,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
             scopes,
             dummy_secret,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            server,
+            shutdown_grace,
         },
         warnings,
     ))
