@@ -133,7 +133,7 @@ fn benches(c: &mut Criterion) {
                     Forwarded {
                         peer: [127, 0, 0, 1].into(),
                         proto: "http",
-                        upstream_host: &upstream_host,
+                        upstream_host: Some(&upstream_host),
                         identity: Some((&claims.client.id_header, claims.scope_header())),
                     },
                 );

@@ -227,6 +227,9 @@ pub(super) struct RawRoute {
     pub upstream: String,
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Send the caller's `Host` upstream instead of the upstream's own authority.
+    #[serde(default)]
+    pub preserve_host: bool,
     #[serde(default = "default_timeout")]
     pub timeout: String,
     #[serde(default)]

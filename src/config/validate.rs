@@ -123,6 +123,7 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
         .map_err(|_| format!("upstream {text:?} has an invalid host"))?;
     Ok(Upstream {
         scheme: Scheme::HTTP,
+        origin: format!("http://{}{base}", authority.as_str()).into(),
         authority,
         base_path: base.into(),
         host,
@@ -544,6 +545,7 @@ fn validate_routes(
                 prefix: r.path.as_str().into(),
                 upstream,
                 strip_prefix: r.strip_prefix,
+                preserve_host: r.preserve_host,
                 timeout,
                 access,
             });

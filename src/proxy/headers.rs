@@ -90,8 +90,8 @@ pub struct Forwarded<'a> {
     pub peer: IpAddr,
     /// `http` or `https`.
     pub proto: &'static str,
-    /// The upstream's own authority, as its `Host`.
-    pub upstream_host: &'a HeaderValue,
+    /// The upstream's own authority as its `Host`; `None` keeps the caller's Host.
+    pub upstream_host: Option<&'a HeaderValue>,
     /// `X-Client-Id` and `X-Client-Scopes`, on protected routes.
     pub identity: Option<(&'a HeaderValue, &'a HeaderValue)>,
 }
@@ -135,10 +135,18 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 
-    if let Some(host) = headers.remove(HOST) {
-        headers.insert(X_FORWARDED_HOST, host);
+    match fwd.upstream_host {
+        Some(upstream) => {
+            if let Some(host) = headers.insert(HOST, upstream.clone()) {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+        }
+        None => {
+            if let Some(host) = headers.get(HOST).cloned() {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+        }
     }
-    headers.insert(HOST, fwd.upstream_host.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     if let Some((id, scopes)) = fwd.identity {
         headers.insert(X_CLIENT_ID, id.clone());
@@ -211,7 +219,7 @@ mod tests {
             Forwarded {
                 peer: "127.0.0.9".parse().unwrap(),
                 proto: "http",
-                upstream_host: &upstream,
+                upstream_host: Some(&upstream),
                 identity: Some((&id, &scopes)),
             },
         );

@@ -8,6 +8,7 @@ pub mod headers;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::header::LOCATION;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, Version};
 use http_body_util::Either;
@@ -77,12 +78,13 @@ pub async fn forward(
     }
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
+    let caller_host = req.headers().get(http::header::HOST).cloned();
     rewrite_request(
         req.headers_mut(),
         Forwarded {
             peer: peer.ip(),
             proto: "http",
-            upstream_host: &route.upstream.host,
+            upstream_host: (!route.preserve_host).then_some(&route.upstream.host),
             identity,
         },
     );
@@ -100,5 +102,16 @@ pub async fn forward(
     };
     let mut res = res.map(Either::Left);
     strip_hop_by_hop(res.headers_mut());
+    // Absolute redirects into the upstream would send the caller around the gateway.
+    let public = res
+        .headers()
+        .get(LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .zip(caller_host.as_ref().and_then(|h| h.to_str().ok()))
+        .and_then(|(l, host)| route.public_location(l, "http", host))
+        .and_then(|l| HeaderValue::from_str(&l).ok());
+    if let Some(l) = public {
+        res.headers_mut().insert(LOCATION, l);
+    }
     Ok(res)
 }

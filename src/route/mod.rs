@@ -25,6 +25,8 @@ pub struct Upstream {
     pub base_path: Arc<str>,
     /// The `Host` header the upstream receives: its own authority.
     pub host: HeaderValue,
+    /// `http://host:port/base`: what its absolute `Location` headers start with.
+    pub origin: Arc<str>,
 }
 
 /// What a route demands of a request.
@@ -113,6 +115,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// Remove the prefix before forwarding.
     pub strip_prefix: bool,
+    /// Forward the caller's `Host` rather than the upstream's authority.
+    pub preserve_host: bool,
     /// Upstream response-head timeout.
     pub timeout: Duration,
     /// Public or the scope map.
@@ -138,6 +142,27 @@ impl Route {
             out.push_str(rest);
         }
         out
+    }
+
+    /// Maps an absolute `Location` that points into the upstream back to the gateway's URL
+    /// for the same resource (what nginx's `proxy_redirect default` does). Anything else,
+    /// relative or elsewhere, is left alone.
+    pub fn public_location(&self, location: &str, proto: &str, host: &str) -> Option<String> {
+        let rest = location.strip_prefix(&*self.upstream.origin)?;
+        if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+            return None;
+        }
+        let prefix = if self.strip_prefix && &*self.prefix != "/" {
+            &*self.prefix
+        } else {
+            ""
+        };
+        let rest = if rest.is_empty() && prefix.is_empty() {
+            "/"
+        } else {
+            rest
+        };
+        Some(format!("{proto}://{host}{prefix}{rest}"))
     }
 }
 
@@ -203,8 +228,10 @@ mod tests {
                 authority: Authority::from_static("127.0.0.1:1"),
                 base_path: base.into(),
                 host: HeaderValue::from_static("127.0.0.1:1"),
+                origin: format!("http://127.0.0.1:1{base}").into(),
             },
             strip_prefix: strip,
+            preserve_host: false,
             timeout: Duration::from_secs(1),
             access: Access::Public,
         }
@@ -263,6 +290,29 @@ mod tests {
         assert_eq!(based_keep.upstream_path("/svc/a"), "/base/svc/a");
         let root = route("r", "/", true, "");
         assert_eq!(root.upstream_path("/x"), "/x");
+    }
+
+    #[test]
+    fn locations_map_back_to_the_gateway() {
+        let keep = route("k", "/svc", false, "");
+        let loc = |r: &Route, l: &str| r.public_location(l, "http", "gw:8080");
+        assert_eq!(
+            loc(&keep, "http://127.0.0.1:1/svc/x/").as_deref(),
+            Some("http://gw:8080/svc/x/")
+        );
+        assert_eq!(loc(&keep, "/svc/x/"), None);
+        assert_eq!(loc(&keep, "http://elsewhere/svc"), None);
+        assert_eq!(loc(&keep, "http://127.0.0.1:10/x"), None);
+        let strip = route("s", "/svc", true, "/base");
+        assert_eq!(
+            loc(&strip, "http://127.0.0.1:1/base/a?b=1").as_deref(),
+            Some("http://gw:8080/svc/a?b=1")
+        );
+        assert_eq!(loc(&strip, "http://127.0.0.1:1/basement"), None);
+        assert_eq!(
+            loc(&strip, "http://127.0.0.1:1/base").as_deref(),
+            Some("http://gw:8080/svc")
+        );
     }
 
     #[test]
