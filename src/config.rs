@@ -48,6 +48,8 @@ pub struct Config {
     pub server: ServerLimits,
     /// How long requests in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// TLS for the public listener; re-read on every reload.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// `server:` limits of the public listener.

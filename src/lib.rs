@@ -18,6 +18,7 @@ pub mod secret;
 pub mod server;
 pub mod stack;
 pub mod store;
+pub mod tls;
 pub mod token;
 
 pub use config::Config;

@@ -25,7 +25,6 @@ use crate::admin::{self, AdminState};
 use crate::config::reload::{watch_config, Trigger};
 use crate::config::{Config, Loaded, ServerLimits, StoreKind};
 use crate::metrics::Metrics;
-use crate::proxy::upstream_client;
 use crate::stack::{stack, Shared};
 use crate::store::{now_ms, MemoryStore, RedisStore, Store};
 
@@ -158,7 +157,6 @@ pub async fn run(config: Config) -> io::Result<Running> {
         config: ArcSwap::from_pointee(config),
         store,
         metrics,
-        client: upstream_client(),
     });
     let admin = Arc::new(AdminState {
         shared: shared.clone(),
@@ -169,13 +167,16 @@ pub async fn run(config: Config) -> io::Result<Running> {
 
     let mut public_tasks = Vec::new();
     {
+        let tls_source = shared.clone();
         let shared = shared.clone();
         public_tasks.push(tokio::spawn(serve(
             public,
             builder(&limits),
             limits.max_connections,
             stop_rx.clone(),
-            move |peer| TowerToHyperService::new(stack(shared.clone(), peer)),
+            // Read per connection: a reload's renewed certificate serves the next handshake.
+            move || tls_source.config.load().tls.clone(),
+            move |peer, proto| TowerToHyperService::new(stack(shared.clone(), peer, proto)),
         )));
     }
     public_tasks.push(tokio::spawn(sweep(shared.clone(), stop_rx)));
@@ -186,7 +187,8 @@ pub async fn run(config: Config) -> io::Result<Running> {
             builder(&limits),
             256,
             admin_rx,
-            move |_| {
+            || None,
+            move |_, _| {
                 let admin = admin.clone();
                 service_fn(move |req| {
                     let res = admin::handle(&req, &admin);
@@ -226,14 +228,19 @@ async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn serve<F, S>(
+/// Time a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve<T, F, S>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
+    tls: T,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    T: Fn() -> Option<Arc<rustls::ServerConfig>>,
+    F: Fn(SocketAddr, &'static str) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::body::Body>,
@@ -266,16 +273,52 @@ async fn serve<F, S>(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        match tls() {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        make_service(peer, "http"),
+                    )
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(config) => {
+                let builder = builder.clone();
+                let service = make_service(peer, "https");
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     // The caller bounds this wait by the grace period.

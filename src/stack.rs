@@ -24,7 +24,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, MetricsLayer, MetricsService, RouteLabel};
-use crate::proxy::{self, UpstreamClient};
+use crate::proxy;
 use crate::route::{normalize, Access};
 use crate::store::Store;
 use crate::token::{self, Endpoint, TokenContext, METADATA_PATH};
@@ -37,19 +37,21 @@ pub struct Shared {
     pub store: Store,
     /// Metric families.
     pub metrics: Arc<Metrics>,
-    /// The pooled upstream client.
-    pub client: UpstreamClient,
 }
 
 /// The full per-connection service.
 pub type GatewayStack = MetricsService<Gateway>;
 
-/// Builds the stack for one connection from `peer`.
-pub fn stack(shared: Arc<Shared>, peer: SocketAddr) -> GatewayStack {
+/// Builds the stack for one connection from `peer`; `proto` is `http` or `https`.
+pub fn stack(shared: Arc<Shared>, peer: SocketAddr, proto: &'static str) -> GatewayStack {
     ServiceBuilder::new()
         // Outermost: counts every response, including the gateway's own refusals.
         .layer(MetricsLayer::new(shared.metrics.clone()))
-        .service(Gateway { shared, peer })
+        .service(Gateway {
+            shared,
+            peer,
+            proto,
+        })
 }
 
 /// Token endpoint, discovery, and the protected path.
@@ -57,6 +59,7 @@ pub fn stack(shared: Arc<Shared>, peer: SocketAddr) -> GatewayStack {
 pub struct Gateway {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    proto: &'static str,
 }
 
 impl Service<Request<Incoming>> for Gateway {
@@ -70,8 +73,8 @@ impl Service<Request<Incoming>> for Gateway {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let shared = self.shared.clone();
-        let peer = self.peer;
-        Box::pin(async move { Ok(handle(&shared, peer, req).await) })
+        let (peer, proto) = (self.peer, self.proto);
+        Box::pin(async move { Ok(handle(&shared, peer, proto, req).await) })
     }
 }
 
@@ -80,7 +83,12 @@ fn labelled(mut res: Response<Body>, label: Arc<str>) -> Response<Body> {
     res
 }
 
-async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    proto: &'static str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let config = shared.config.load_full();
     let path = req.uri().path();
     let endpoint = if path == &*config.tokens.token_path {
@@ -103,10 +111,10 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         return labelled(res, Arc::from(crate::metrics::ROUTE_TOKEN));
     }
     if path == METADATA_PATH {
-        let res = token::metadata(&req, &config);
+        let res = token::metadata(&req, &config, proto);
         return labelled(res, Arc::from(crate::metrics::ROUTE_METADATA));
     }
-    match protected(shared, &config, peer, req).await {
+    match protected(shared, &config, peer, proto, req).await {
         Ok(res) => res,
         Err((e, route)) => {
             if let Some(reason) = e.auth_failure_reason() {
@@ -131,6 +139,7 @@ async fn protected(
     shared: &Shared,
     config: &Config,
     peer: SocketAddr,
+    proto: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let path = normalize(req.uri().path())
@@ -142,7 +151,7 @@ async fn protected(
         .ok_or((GatewayError::RouteNotFound, None))?;
     let label = || Some(route.id.clone());
     let res = match &route.access {
-        Access::Public => proxy::forward(&shared.client, route, &path, req, peer, None).await,
+        Access::Public => proxy::forward(route, &path, req, peer, proto, None).await,
         Access::Protected(methods) => {
             let claims = auth::authenticate(req.headers(), &shared.store, config)
                 .await
@@ -160,7 +169,7 @@ async fn protected(
                 ));
             }
             let identity = (&claims.client.id_header, claims.scope_header());
-            proxy::forward(&shared.client, route, &path, req, peer, Some(identity)).await
+            proxy::forward(route, &path, req, peer, proto, Some(identity)).await
         }
     };
     res.map(|r| labelled(r, route.id.clone()))

@@ -24,6 +24,9 @@ pub(super) struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub server: RawServer,
+    /// TLS on the public listener.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
     /// How long requests in flight may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: String,
@@ -31,6 +34,15 @@ pub(super) struct RawConfig {
 
 fn default_shutdown_grace() -> String {
     "30s".into()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawTls {
+    pub cert: String,
+    pub key: String,
+    /// Require and verify client certificates issued by this CA.
+    #[serde(default)]
+    pub client_ca: Option<String>,
 }
 
 /// Limits of the public listener.
@@ -230,6 +242,12 @@ pub(super) struct RawRoute {
     /// Send the caller's `Host` upstream instead of the upstream's own authority.
     #[serde(default)]
     pub preserve_host: bool,
+    /// PEM CA that an https upstream's certificate must chain to (else the system roots).
+    #[serde(default)]
+    pub upstream_ca: Option<String>,
+    /// HTTP/2 to the upstream.
+    #[serde(default)]
+    pub upstream_http2: bool,
     #[serde(default = "default_timeout")]
     pub timeout: String,
     #[serde(default)]

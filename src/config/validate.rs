@@ -12,6 +12,9 @@ use http::{HeaderValue, Method};
 
 use super::raw::{RawClient, RawConfig, RawRedis, RawRoute, RawStore};
 use super::{Client, Config, RedisSettings, ServerLimits, StoreKind, TokenSettings};
+use sha2::Digest;
+
+use crate::proxy;
 use crate::route::{
     self, standard_index, Access, MethodScopes, Required, Route, RouteTable, Upstream,
     STANDARD_METHODS,
@@ -93,15 +96,14 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("upstream {text:?} is not a valid URL: {e}"))?;
-    match uri.scheme() {
-        Some(s) if *s == Scheme::HTTP => {}
-        Some(s) if *s == Scheme::HTTPS => {
+    let scheme = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+        _ => {
             return Err(format!(
-                "upstream {text:?}: https upstreams are not supported yet; use http://"
+                "upstream {text:?} must be an http:// or https:// URL"
             ))
         }
-        _ => return Err(format!("upstream {text:?} must be an http:// URL")),
-    }
+    };
     let authority = uri
         .authority()
         .cloned()
@@ -122,8 +124,8 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
     let host = HeaderValue::from_str(authority.as_str())
         .map_err(|_| format!("upstream {text:?} has an invalid host"))?;
     Ok(Upstream {
-        scheme: Scheme::HTTP,
-        origin: format!("http://{}{base}", authority.as_str()).into(),
+        origin: format!("{scheme}://{}{base}", authority.as_str()).into(),
+        scheme,
         authority,
         base_path: base.into(),
         host,
@@ -346,6 +348,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
         }
     };
 
+    let tls = raw.tls.as_ref().and_then(|t| {
+        crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+            .map_err(|e| {
+                let key = if e.contains("client_ca") {
+                    "tls.client_ca"
+                } else if e.contains("key") && !e.contains("certificate") {
+                    "tls.key"
+                } else {
+                    "tls.cert"
+                };
+                errors.push((key.into(), e));
+            })
+            .ok()
+    });
+
     let mut scopes = ScopeRegistry::default();
     let clients = validate_clients(&raw.clients, &mut scopes, &mut errors);
     let held = scopes.all().len();
@@ -402,6 +419,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             server,
             shutdown_grace,
+            tls,
         },
         warnings,
     ))
@@ -507,6 +525,25 @@ fn validate_routes(
             Ok(()) => {}
         }
         let upstream = parse_upstream(&r.upstream).map_err(|e| (at("upstream"), e));
+        let client = match &r.upstream_ca {
+            None => Ok(proxy::client_for(
+                proxy::ClientKey {
+                    ca: None,
+                    http2: r.upstream_http2,
+                },
+                None,
+            )),
+            Some(path) => crate::tls::roots_from(path)
+                .map(|roots| {
+                    let pem = std::fs::read(path).unwrap_or_default();
+                    let key = proxy::ClientKey {
+                        ca: Some(sha2::Sha256::digest(&pem).into()),
+                        http2: r.upstream_http2,
+                    };
+                    proxy::client_for(key, Some(&roots))
+                })
+                .map_err(|e| (at("upstream_ca"), e)),
+        };
         let timeout = match parse_duration(&r.timeout) {
             Ok(d) if !d.is_zero() => Ok(d),
             Ok(_) => Err((at("timeout"), "timeout must be above zero".to_string())),
@@ -527,25 +564,30 @@ fn validate_routes(
             )),
             (false, Some(map)) => Ok(method_scopes(i, map, scopes, errors).map(Access::Protected)),
         };
-        let (upstream, timeout, access) = match (upstream, timeout, access) {
-            (Ok(u), Ok(t), Ok(Some(a))) => (Some(u), Some(t), Some(a)),
-            (u, t, a) => {
+        let (upstream, timeout, access, client) = match (upstream, timeout, access, client) {
+            (Ok(u), Ok(t), Ok(Some(a)), Ok(c)) => (Some(u), Some(t), Some(a), Some(c)),
+            (u, t, a, c) => {
                 errors.extend(u.err());
                 errors.extend(t.err());
                 errors.extend(a.err());
-                (None, None, None)
+                errors.extend(c.err());
+                (None, None, None, None)
             }
         };
         if errors.len() > before {
             continue;
         }
-        if let (Some(upstream), Some(timeout), Some(access)) = (upstream, timeout, access) {
+        if let (Some(upstream), Some(timeout), Some(access), Some(client)) =
+            (upstream, timeout, access, client)
+        {
             routes.push(Route {
                 id: r.id.as_str().into(),
                 prefix: r.path.as_str().into(),
                 upstream,
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,
+                upstream_http2: r.upstream_http2,
+                client,
                 timeout,
                 access,
             });
@@ -671,7 +713,6 @@ mod tests {
             "http://h/?q=1",
             "http://h/a/../b",
             "not a url",
-            "https://h",
         ] {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }

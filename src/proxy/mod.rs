@@ -5,7 +5,9 @@
 
 pub mod headers;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::header::LOCATION;
@@ -13,9 +15,11 @@ use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
 
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -23,33 +27,66 @@ use crate::route::Route;
 
 pub use headers::{rewrite_request, strip_hop_by_hop, Forwarded};
 
-/// The pooled upstream client.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+/// A pooled upstream client (http and https).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
-/// Builds the upstream client: keep-alive pool, `TCP_NODELAY`, bounded connect time.
-pub fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    connector.enforce_http(true);
+/// What distinguishes one upstream client from another: its trust roots and protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// SHA-256 of the CA file's contents, or `None` for the system roots.
+    pub ca: Option<[u8; 32]>,
+    /// HTTP/2 to the upstream (h2c prior knowledge on http, ALPN h2 on https).
+    pub http2: bool,
+}
+
+/// Clients live across reloads, so a reload keeps the pools of unchanged upstreams warm.
+static CLIENTS: OnceLock<Mutex<HashMap<ClientKey, Arc<UpstreamClient>>>> = OnceLock::new();
+
+/// The shared client for `key`, built on first use with `roots` (the CA's store).
+pub fn client_for(key: ClientKey, roots: Option<&RootCertStore>) -> Arc<UpstreamClient> {
+    let clients = CLIENTS.get_or_init(Mutex::default);
+    let mut clients = clients.lock().unwrap_or_else(|p| p.into_inner());
+    clients
+        .entry(key.clone())
+        .or_insert_with(|| Arc::new(build_client(key.http2, roots)))
+        .clone()
+}
+
+/// Builds an upstream client: keep-alive pool, `TCP_NODELAY`, bounded connect time, https
+/// verified against `roots` or the system's roots.
+fn build_client(http2: bool, roots: Option<&RootCertStore>) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.enforce_http(false);
+    let tls = crate::tls::upstream_client_config(roots);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let https = if http2 {
+        https.enable_http2().wrap_connector(http)
+    } else {
+        https.enable_http1().wrap_connector(http)
+    };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(512)
+        .http2_only(http2)
         // Only a request that was never written is retried (hyper-util returns it unsent),
         // so this is safe for non-idempotent methods too.
         .retry_canceled_requests(true)
-        .build(connector)
+        .build(https)
 }
 
 /// Forwards `req` to `route`'s upstream with `path` (normalized) as the authorized path.
 pub async fn forward(
-    client: &UpstreamClient,
     route: &Route,
     path: &str,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    proto: &'static str,
     identity: Option<(&HeaderValue, &HeaderValue)>,
 ) -> Result<Response<Body>, GatewayError> {
     let mut target = route.upstream_path(path);
@@ -77,19 +114,23 @@ pub async fn forward(
         }
     }
     *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
+    *req.version_mut() = if route.upstream_http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     let caller_host = req.headers().get(http::header::HOST).cloned();
     rewrite_request(
         req.headers_mut(),
         Forwarded {
             peer: peer.ip(),
-            proto: "http",
+            proto,
             upstream_host: (!route.preserve_host).then_some(&route.upstream.host),
             identity,
         },
     );
 
-    let res = match tokio::time::timeout(route.timeout, client.request(req)).await {
+    let res = match tokio::time::timeout(route.timeout, route.client.request(req)).await {
         Err(_) => {
             tracing::warn!(route = %route.id, "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);
@@ -108,7 +149,7 @@ pub async fn forward(
         .get(LOCATION)
         .and_then(|l| l.to_str().ok())
         .zip(caller_host.as_ref().and_then(|h| h.to_str().ok()))
-        .and_then(|(l, host)| route.public_location(l, "http", host))
+        .and_then(|(l, host)| route.public_location(l, proto, host))
         .and_then(|l| HeaderValue::from_str(&l).ok());
     if let Some(l) = public {
         res.headers_mut().insert(LOCATION, l);

@@ -17,7 +17,7 @@ pub use normalize::{normalize, PathError};
 /// Where a route forwards to.
 #[derive(Debug)]
 pub struct Upstream {
-    /// `http` (https arrives with the TLS work).
+    /// `http` or `https`.
     pub scheme: Scheme,
     /// host:port.
     pub authority: Authority,
@@ -117,6 +117,10 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Forward the caller's `Host` rather than the upstream's authority.
     pub preserve_host: bool,
+    /// HTTP/2 to the upstream.
+    pub upstream_http2: bool,
+    /// The pooled client for this upstream's trust roots and protocol.
+    pub client: Arc<crate::proxy::UpstreamClient>,
     /// Upstream response-head timeout.
     pub timeout: Duration,
     /// Public or the scope map.
@@ -232,6 +236,14 @@ mod tests {
             },
             strip_prefix: strip,
             preserve_host: false,
+            upstream_http2: false,
+            client: crate::proxy::client_for(
+                crate::proxy::ClientKey {
+                    ca: None,
+                    http2: false,
+                },
+                None,
+            ),
             timeout: Duration::from_secs(1),
             access: Access::Public,
         }

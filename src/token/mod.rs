@@ -389,7 +389,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, GatewayError> {
 }
 
 /// Answers the RFC 8414 discovery document.
-pub fn metadata(req: &Request<Incoming>, config: &Config) -> Response<Body> {
+pub fn metadata(req: &Request<Incoming>, config: &Config, proto: &str) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return GatewayError::MethodNotAllowed(Some(HeaderValue::from_static("GET, HEAD")))
             .into_response();
@@ -405,7 +405,7 @@ pub fn metadata(req: &Request<Incoming>, config: &Config) -> Response<Body> {
                 .or_else(|| req.uri().authority().cloned())
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| config.listen.to_string());
-            format!("http://{host}")
+            format!("{proto}://{host}")
         }
     };
     let scopes: Vec<&str> = config.scopes.all().iter().map(|s| &**s).collect();
