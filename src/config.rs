@@ -50,6 +50,21 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// TLS for the public listener; re-read on every reload.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `log:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogSettings {
+    /// JSON lines (default) or human text.
+    pub json: bool,
+    /// Default level filter, e.g. `info` or `portcullis=debug`.
+    pub level: String,
+    /// Write the access log.
+    pub access: bool,
+    /// Share of successful requests in the access log, 0 to 1.
+    pub sample_success: f64,
 }
 
 /// `server:` limits of the public listener.

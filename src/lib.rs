@@ -5,6 +5,7 @@
 //! for the method, then forwards the request to the unmodified upstream.
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod request_id;
 pub mod route;
 pub mod scope;
 pub mod secret;

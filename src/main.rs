@@ -76,14 +76,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs go to stderr: JSON lines by default, text with `log.format: text`. `RUST_LOG`
+/// overrides `log.level`.
+fn init_tracing(log: &config::LogSettings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if log.json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn print_warnings(warnings: &[config::Problem]) {
@@ -120,7 +125,6 @@ fn check(path: PathBuf) -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
-    init_tracing();
     let loaded = match config::load(&path) {
         Ok(l) => l,
         Err(errors) => {
@@ -132,6 +136,7 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     print_warnings(&loaded.warnings);
+    init_tracing(&loaded.config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,11 +155,12 @@ fn serve(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The addresses are in the message itself, so scripts find them in either format.
         tracing::info!(
-            public = %running.public_addr,
-            admin = %running.admin_addr,
             config = %path.display(),
-            "listening"
+            "listening public={} admin={}",
+            running.public_addr,
+            running.admin_addr
         );
         running.watch_config(path.clone());
         wait_for_signal().await;

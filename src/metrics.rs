@@ -12,9 +12,11 @@ use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tower::{Layer, Service};
+
+use crate::access_log::Outcome;
 
 /// The `route` label of requests that matched no route.
 pub const ROUTE_NONE: &str = "none";
@@ -59,8 +61,16 @@ pub struct Metrics {
     pub token_errors: IntCounterVec,
     /// `portcullis_auth_failures_total{reason}`.
     pub auth_failures: IntCounterVec,
-    /// `portcullis_live_tokens` held by the memory store.
-    pub live_tokens: IntGauge,
+    /// `portcullis_live_tokens{client}`, refreshed by a background task.
+    pub live_tokens: IntGaugeVec,
+    /// `portcullis_inflight_requests`.
+    pub inflight: IntGauge,
+    /// `portcullis_open_connections{listener}`.
+    pub open_connections: IntGaugeVec,
+    /// `portcullis_upstream_duration_seconds{route}`: time to the upstream's response head.
+    pub upstream_duration: HistogramVec,
+    /// `portcullis_upstream_errors_total{route,kind}`: refused, reset, timeout, tls.
+    pub upstream_errors: IntCounterVec,
     /// `portcullis_store_duration_seconds{op}`: Redis command latency.
     pub store_duration: HistogramVec,
     /// `portcullis_store_errors_total{kind}`: timeout, connection, corrupt.
@@ -86,9 +96,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "portcullis_requests_total",
-                "Requests answered, by route id, method and status.",
+                "Requests answered, by route id, method, status and client id (or anonymous).",
             ),
-            &["route", "method", "status"],
+            &["route", "method", "status", "client"],
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
@@ -124,11 +134,55 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
-        let live_tokens = IntGauge::new(
-            "portcullis_live_tokens",
-            "Tokens held by the embedded store (as of the last sweep).",
+        let live_tokens = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_live_tokens",
+                "Live tokens per client (refreshed every few seconds).",
+            ),
+            &["client"],
         )
         .expect("valid metric");
+        let inflight = IntGauge::new(
+            "portcullis_inflight_requests",
+            "Requests being answered right now.",
+        )
+        .expect("valid metric");
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_open_connections",
+                "Open client connections, by listener (public, admin).",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_upstream_duration_seconds",
+                "Time from sending to the upstream to its response head, by route id.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_errors_total",
+                "Upstream failures before a response head, by route id and kind (refused, reset, timeout, tls).",
+            ),
+            &["route", "kind"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_build_info",
+                "Always 1; the version is in the label.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let store_duration = HistogramVec::new(
             HistogramOpts::new(
                 "portcullis_store_duration_seconds",
@@ -200,6 +254,11 @@ impl Metrics {
             Box::new(token_errors.clone()),
             Box::new(auth_failures.clone()),
             Box::new(live_tokens.clone()),
+            Box::new(inflight.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -226,6 +285,10 @@ impl Metrics {
             token_errors,
             auth_failures,
             live_tokens,
+            inflight,
+            open_connections,
+            upstream_duration,
+            upstream_errors,
             store_duration,
             store_errors,
             token_cache,
@@ -241,6 +304,7 @@ impl Metrics {
     pub fn register_clients<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         for id in ids {
             self.tokens_issued.with_label_values(&[id]);
+            self.live_tokens.with_label_values(&[id]);
         }
     }
 
@@ -274,10 +338,6 @@ pub fn method_label(m: &Method) -> &'static str {
         _ => "other",
     }
 }
-
-/// Response extension naming the route that answered (a config id or a fixed label).
-#[derive(Clone, Debug)]
-pub struct RouteLabel(pub Arc<str>);
 
 /// Counts and times every request, by the route label the inner service puts on the response.
 #[derive(Clone, Debug)]
@@ -322,12 +382,22 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.metrics.inflight.inc();
         ResponseFuture {
             method: method_label(req.method()),
             start: Instant::now(),
-            metrics: self.metrics.clone(),
+            inflight: InflightGuard(self.metrics.clone()),
             inner: self.inner.call(req),
         }
+    }
+}
+
+/// Counts a request in flight until its response head is out (or the caller went away).
+pub struct InflightGuard(Arc<Metrics>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
     }
 }
 
@@ -338,7 +408,7 @@ pin_project! {
         inner: F,
         method: &'static str,
         start: Instant,
-        metrics: Arc<Metrics>,
+        inflight: InflightGuard,
     }
 }
 
@@ -352,16 +422,17 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(res) = &out {
-            let route = res
-                .extensions()
-                .get::<RouteLabel>()
-                .map(|r| &*r.0)
-                .unwrap_or(ROUTE_NONE);
-            this.metrics
+            let outcome = res.extensions().get::<Outcome>();
+            let route = outcome.map(|o| &*o.route).unwrap_or(ROUTE_NONE);
+            let client = outcome
+                .and_then(|o| o.client.as_deref())
+                .unwrap_or("anonymous");
+            let metrics = &this.inflight.0;
+            metrics
                 .requests
-                .with_label_values(&[route, this.method, res.status().as_str()])
+                .with_label_values(&[route, this.method, res.status().as_str(), client])
                 .inc();
-            this.metrics
+            metrics
                 .duration
                 .with_label_values(&[route])
                 .observe(this.start.elapsed().as_secs_f64());

@@ -26,7 +26,7 @@ use crate::config::reload::{watch_config, Trigger};
 use crate::config::{Config, Loaded, ServerLimits, StoreKind};
 use crate::metrics::Metrics;
 use crate::stack::{stack, Shared};
-use crate::store::{now_ms, MemoryStore, RedisStore, Store};
+use crate::store::{now_ms, MemoryStore, RedisStore, Store, TokenStore};
 
 /// How often expired tokens are swept from the memory store.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -174,6 +174,10 @@ pub async fn run(config: Config) -> io::Result<Running> {
             builder(&limits),
             limits.max_connections,
             stop_rx.clone(),
+            shared
+                .metrics
+                .open_connections
+                .with_label_values(&["public"]),
             // Read per connection: a reload's renewed certificate serves the next handshake.
             move || tls_source.config.load().tls.clone(),
             move |peer, proto| TowerToHyperService::new(stack(shared.clone(), peer, proto)),
@@ -187,6 +191,11 @@ pub async fn run(config: Config) -> io::Result<Running> {
             builder(&limits),
             256,
             admin_rx,
+            admin
+                .shared
+                .metrics
+                .open_connections
+                .with_label_values(&["admin"]),
             || None,
             move |_, _| {
                 let admin = admin.clone();
@@ -211,31 +220,65 @@ pub async fn run(config: Config) -> io::Result<Running> {
 }
 
 async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        // Redis expires keys by itself (their TTL is the token's remaining life).
-        if let Store::Memory(m) = &shared.store {
-            let dropped = m.sweep(now_ms());
-            shared.metrics.live_tokens.set(m.len() as i64);
-            if dropped > 0 {
-                tracing::debug!(dropped, "expired tokens swept");
+        let gauge = &shared.metrics.live_tokens;
+        match &shared.store {
+            Store::Memory(m) => {
+                let dropped = m.sweep(now_ms());
+                if dropped > 0 {
+                    tracing::debug!(dropped, "expired tokens swept");
+                }
+                gauge.reset();
+                for (client, n) in m.live_by_client() {
+                    gauge.with_label_values(&[&client]).set(n as i64);
+                }
             }
+            // Redis expires keys by itself (their TTL is the token's remaining life).
+            Store::Redis(r) if r.ready().is_ok() => {
+                let clients: Vec<Arc<str>> = shared.config.load().clients.keys().cloned().collect();
+                for client in clients {
+                    if let Ok(n) = r.live_count(&client).await {
+                        gauge.with_label_values(&[&client]).set(n as i64);
+                    }
+                }
+            }
+            Store::Redis(_) => {}
         }
+    }
+}
+
+/// Counts one open connection in `portcullis_open_connections` while alive.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve<T, F, S>(
+/// Accepts on `listener` until `stop`, serving each connection with `make_service`;
+/// `connections` counts the open ones.
+async fn serve<T, F, S, B>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
+    connections: prometheus::IntGauge,
     tls: T,
     make_service: F,
 ) where
@@ -243,11 +286,13 @@ async fn serve<T, F, S>(
     F: Fn(SocketAddr, &'static str) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
-            Response = http::Response<crate::body::Body>,
+            Response = http::Response<B>,
             Error = Infallible,
         > + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -273,6 +318,7 @@ async fn serve<T, F, S>(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let open = OpenConnection::new(&connections);
         match tls() {
             None => {
                 let conn = builder
@@ -286,7 +332,7 @@ async fn serve<T, F, S>(
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                    drop(permit);
+                    drop((permit, open));
                 });
             }
             Some(config) => {
@@ -315,7 +361,7 @@ async fn serve<T, F, S>(
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                    drop(permit);
+                    drop((permit, open));
                 });
             }
         }

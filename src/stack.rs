@@ -1,7 +1,9 @@
 //! The one place the request path is composed, outermost first:
 //!
-//! 1. `MetricsLayer` — outermost, so every answer is counted and timed, refusals included.
-//! 2. `Gateway` — splits the token endpoint and discovery from everything else, which goes
+//! 1. `RequestIdLayer` — keeps or makes `X-Request-Id`, for the upstream, the caller, the log.
+//! 2. `AccessLogLayer` — one line per request when its response body ends.
+//! 3. `MetricsLayer` — every answer counted and timed, refusals included.
+//! 4. `Gateway` — splits the token endpoint and discovery from everything else, which goes
 //!    through the phases in order: normalize the path, find the route, authenticate
 //!    (`auth`), check the method and scopes, and forward (`proxy`). A refusal in any phase
 //!    becomes a response through `GatewayError`, the only place responses for failures are
@@ -19,12 +21,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 
+use crate::access_log::{AccessLog, AccessLogLayer, Outcome};
 use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::metrics::{Metrics, MetricsLayer, MetricsService, RouteLabel};
+use crate::metrics::{Metrics, MetricsLayer, MetricsService, ROUTE_METADATA, ROUTE_NONE};
 use crate::proxy;
+use crate::request_id::{RequestIdLayer, RequestIdService};
 use crate::route::{normalize, Access};
 use crate::store::Store;
 use crate::token::{self, Endpoint, TokenContext, METADATA_PATH};
@@ -40,12 +44,16 @@ pub struct Shared {
 }
 
 /// The full per-connection service.
-pub type GatewayStack = MetricsService<Gateway>;
+pub type GatewayStack = RequestIdService<AccessLog<MetricsService<Gateway>>>;
 
 /// Builds the stack for one connection from `peer`; `proto` is `http` or `https`.
 pub fn stack(shared: Arc<Shared>, peer: SocketAddr, proto: &'static str) -> GatewayStack {
     ServiceBuilder::new()
-        // Outermost: counts every response, including the gateway's own refusals.
+        // Outermost: every request, refused or not, gets an id before anything logs it.
+        .layer(RequestIdLayer)
+        // Around the rest so the line is written when the body ends, with its byte count.
+        .layer(AccessLogLayer::new(shared.clone()))
+        // Counts every response head, including the gateway's own refusals.
         .layer(MetricsLayer::new(shared.metrics.clone()))
         .service(Gateway {
             shared,
@@ -78,8 +86,8 @@ impl Service<Request<Incoming>> for Gateway {
     }
 }
 
-fn labelled(mut res: Response<Body>, label: Arc<str>) -> Response<Body> {
-    res.extensions_mut().insert(RouteLabel(label));
+fn with_outcome(mut res: Response<Body>, outcome: Outcome) -> Response<Body> {
+    res.extensions_mut().insert(outcome);
     res
 }
 
@@ -107,16 +115,17 @@ async fn handle(
             metrics: &shared.metrics,
             peer,
         };
-        let res = token::handle(req, endpoint, cx).await;
-        return labelled(res, Arc::from(crate::metrics::ROUTE_TOKEN));
+        // Sets its own outcome: only it knows which client authenticated.
+        return token::handle(req, endpoint, cx).await;
     }
     if path == METADATA_PATH {
         let res = token::metadata(&req, &config, proto);
-        return labelled(res, Arc::from(crate::metrics::ROUTE_METADATA));
+        return with_outcome(res, Outcome::route(ROUTE_METADATA.into()));
     }
-    match protected(shared, &config, peer, proto, req).await {
-        Ok(res) => res,
-        Err((e, route)) => {
+    let mut outcome = Outcome::route(ROUTE_NONE.into());
+    match protected(shared, &config, peer, proto, req, &mut outcome).await {
+        Ok(res) => with_outcome(res, outcome),
+        Err(e) => {
             if let Some(reason) = e.auth_failure_reason() {
                 shared
                     .metrics
@@ -124,54 +133,46 @@ async fn handle(
                     .with_label_values(&[reason])
                     .inc();
             }
-            let res = e.into_response();
-            match route {
-                Some(label) => labelled(res, label),
-                None => res,
-            }
+            outcome.refusal = Some(e.code());
+            with_outcome(e.into_response(), outcome)
         }
     }
 }
 
-type Refusal = (GatewayError, Option<Arc<str>>);
-
+/// Normalize, route, authenticate, check method and scopes, forward. Fills `outcome` as it
+/// learns (route, client, path, upstream time) so refusals are logged and counted with it.
 async fn protected(
     shared: &Shared,
     config: &Config,
     peer: SocketAddr,
     proto: &'static str,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Refusal> {
-    let path = normalize(req.uri().path())
-        .map_err(|e| (GatewayError::BadPath(e), None))?
-        .into_owned();
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, GatewayError> {
+    let path = normalize(req.uri().path()).map_err(GatewayError::BadPath)?;
+    let path: Arc<str> = Arc::from(&*path);
+    outcome.path = Some(path.clone());
     let route = config
         .routes
         .find(&path)
-        .ok_or((GatewayError::RouteNotFound, None))?;
-    let label = || Some(route.id.clone());
-    let res = match &route.access {
-        Access::Public => proxy::forward(route, &path, req, peer, proto, None).await,
+        .ok_or(GatewayError::RouteNotFound)?;
+    outcome.route = route.id.clone();
+    let metrics = &shared.metrics;
+    let (res, upstream) = match &route.access {
+        Access::Public => proxy::forward(route, &path, req, peer, proto, None, metrics).await?,
         Access::Protected(methods) => {
-            let claims = auth::authenticate(req.headers(), &shared.store, config)
-                .await
-                .map_err(|e| (e, label()))?;
-            let required = methods.for_method(req.method()).ok_or_else(|| {
-                (
-                    GatewayError::MethodNotAllowed(methods.allow.clone()),
-                    label(),
-                )
-            })?;
+            let claims = auth::authenticate(req.headers(), &shared.store, config).await?;
+            outcome.client = Some(claims.client.id.clone());
+            let required = methods
+                .for_method(req.method())
+                .ok_or_else(|| GatewayError::MethodNotAllowed(methods.allow.clone()))?;
             if !required.scopes.is_subset_of(claims.scopes()) {
-                return Err((
-                    GatewayError::InsufficientScope(required.challenge.clone()),
-                    label(),
-                ));
+                return Err(GatewayError::InsufficientScope(required.challenge.clone()));
             }
             let identity = (&claims.client.id_header, claims.scope_header());
-            proxy::forward(route, &path, req, peer, proto, Some(identity)).await
+            proxy::forward(route, &path, req, peer, proto, Some(identity), metrics).await?
         }
     };
-    res.map(|r| labelled(r, route.id.clone()))
-        .map_err(|e| (e, label()))
+    outcome.upstream = Some(upstream);
+    Ok(res)
 }

@@ -98,7 +98,13 @@ pub async fn authenticate<S: TokenStore>(
     let record = store
         .get(&TokenDigest::of(token), config)
         .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
+        .map_err(|e| match e {
+            // Retrying cannot fix a grant that does not parse: the token is unusable.
+            crate::store::StoreError::Corrupt => {
+                GatewayError::InvalidToken("the access token is not recognized")
+            }
+            _ => GatewayError::StoreUnavailable,
+        })?
         .ok_or(GatewayError::InvalidToken(
             "the access token is not recognized",
         ))?;

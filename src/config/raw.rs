@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     /// TLS on the public listener.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub log: RawLog,
     /// How long requests in flight may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: String,
@@ -34,6 +36,49 @@ pub(super) struct RawConfig {
 
 fn default_shutdown_grace() -> String {
     "30s".into()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawLog {
+    /// `json` (default) or `text`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// Default level filter (`RUST_LOG` overrides it).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// One line per request.
+    #[serde(default = "default_true")]
+    pub access: bool,
+    /// Share of successful requests logged (refusals and errors always are).
+    #[serde(default = "default_sample")]
+    pub sample_success: f64,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: default_log_format(),
+            level: default_log_level(),
+            access: true,
+            sample_success: 1.0,
+        }
+    }
+}
+
+fn default_log_format() -> String {
+    "json".into()
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_sample() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use http::uri::{Scheme, Uri};
 use http::{HeaderValue, Method};
 
 use super::raw::{RawClient, RawConfig, RawRedis, RawRoute, RawStore};
-use super::{Client, Config, RedisSettings, ServerLimits, StoreKind, TokenSettings};
+use super::{Client, Config, LogSettings, RedisSettings, ServerLimits, StoreKind, TokenSettings};
 use sha2::Digest;
 
 use crate::proxy;
@@ -348,6 +348,39 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
         }
     };
 
+    let json = match raw.log.format.as_str() {
+        "json" => true,
+        "text" => false,
+        other => {
+            errors.push((
+                "log.format".into(),
+                format!("log.format {other:?} must be json or text"),
+            ));
+            true
+        }
+    };
+    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+        errors.push((
+            "log.level".into(),
+            format!(
+                "log.level {:?} is not a level filter (error, warn, info, debug, trace)",
+                raw.log.level
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&raw.log.sample_success) {
+        errors.push((
+            "log.sample_success".into(),
+            "log.sample_success must be between 0 and 1".into(),
+        ));
+    }
+    let log = LogSettings {
+        json,
+        level: raw.log.level.clone(),
+        access: raw.log.access,
+        sample_success: raw.log.sample_success,
+    };
+
     let tls = raw.tls.as_ref().and_then(|t| {
         crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
             .map_err(|e| {
@@ -420,6 +453,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
             server,
             shutdown_grace,
             tls,
+            log,
         },
         warnings,
     ))

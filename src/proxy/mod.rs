@@ -8,7 +8,7 @@ pub mod headers;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::LOCATION;
 use http::uri::{PathAndQuery, Uri};
@@ -23,6 +23,7 @@ use rustls::RootCertStore;
 
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::route::Route;
 
 pub use headers::{rewrite_request, strip_hop_by_hop, Forwarded};
@@ -88,7 +89,8 @@ pub async fn forward(
     peer: SocketAddr,
     proto: &'static str,
     identity: Option<(&HeaderValue, &HeaderValue)>,
-) -> Result<Response<Body>, GatewayError> {
+    metrics: &Metrics,
+) -> Result<(Response<Body>, Duration), GatewayError> {
     let mut target = route.upstream_path(path);
     if let Some(q) = req.uri().query() {
         target.push('?');
@@ -130,17 +132,32 @@ pub async fn forward(
         },
     );
 
-    let res = match tokio::time::timeout(route.timeout, route.client.request(req)).await {
+    let start = Instant::now();
+    let sent = tokio::time::timeout(route.timeout, route.client.request(req)).await;
+    let upstream = start.elapsed();
+    let failed = |kind: &'static str| {
+        metrics
+            .upstream_errors
+            .with_label_values(&[&route.id, kind])
+            .inc();
+    };
+    let res = match sent {
         Err(_) => {
+            failed("timeout");
             tracing::warn!(route = %route.id, "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);
         }
         Ok(Err(e)) => {
+            failed(error_kind(&e));
             tracing::warn!(route = %route.id, error = %e, "upstream request failed");
             return Err(GatewayError::UpstreamUnavailable);
         }
         Ok(Ok(res)) => res,
     };
+    metrics
+        .upstream_duration
+        .with_label_values(&[&route.id])
+        .observe(upstream.as_secs_f64());
     let mut res = res.map(Either::Left);
     strip_hop_by_hop(res.headers_mut());
     // Absolute redirects into the upstream would send the caller around the gateway.
@@ -154,5 +171,29 @@ pub async fn forward(
     if let Some(l) = public {
         res.headers_mut().insert(LOCATION, l);
     }
-    Ok(res)
+    Ok((res, upstream))
+}
+
+/// The `kind` label of an upstream failure before its response head.
+fn error_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<rustls::Error>() {
+            return "tls";
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return "tls";
+            }
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        "refused"
+    } else {
+        "reset"
+    }
 }

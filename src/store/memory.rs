@@ -54,6 +54,16 @@ impl MemoryStore {
         dropped
     }
 
+    /// Live tokens per client (as of the last sweep's index).
+    pub fn live_by_client(&self) -> Vec<(Arc<str>, usize)> {
+        self.by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, d)| (c.clone(), d.len()))
+            .collect()
+    }
+
     /// Number of tokens held (live or not yet swept).
     pub fn len(&self) -> usize {
         self.tokens.len()

@@ -403,6 +403,18 @@ impl RedisStore {
             .map(|_| ())
     }
 
+    /// Live tokens of `client`, from its index.
+    pub async fn live_count(&self, client: &str) -> Result<u64, StoreError> {
+        self.run(
+            "count",
+            redis::cmd("ZCOUNT")
+                .arg(self.key_client(client))
+                .arg(now_ms())
+                .arg("+inf"),
+        )
+        .await
+    }
+
     /// Deletes tokens and their index entries; the caller publishes the revocation.
     async fn delete_tokens(&self, client: &str, hexes: &[String]) -> Result<(), StoreError> {
         for hex in hexes {
@@ -521,7 +533,12 @@ impl TokenStore for RedisStore {
             .await
         {
             Ok(Some(value)) => {
-                let record = Arc::new(decode(&value, config).ok_or(StoreError::Corrupt)?);
+                let Some(record) = decode(&value, config) else {
+                    self.metrics.store_errors.with_label_values(&["corrupt"]).inc();
+                    tracing::error!(digest = ?digest, "a stored grant is malformed; refusing the token");
+                    return Err(StoreError::Corrupt);
+                };
+                let record = Arc::new(record);
                 self.cache.insert(
                     *digest,
                     Cached {

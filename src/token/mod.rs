@@ -14,10 +14,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::access_log::Outcome;
 use crate::body::{full, Body};
 use crate::config::{Client, Config};
 use crate::error::GatewayError;
-use crate::metrics::{Metrics, TOKEN_ERRORS};
+use crate::metrics::{Metrics, ROUTE_TOKEN, TOKEN_ERRORS};
 use crate::scope::ScopeSet;
 use crate::secret::random_bytes;
 use crate::store::{now_ms, Store, TokenDigest, TokenRecord, TokenStore};
@@ -80,26 +81,30 @@ pub async fn handle(
     endpoint: Endpoint,
     cx: TokenContext<'_>,
 ) -> Response<Body> {
+    let mut outcome = Outcome::route(ROUTE_TOKEN.into());
     let out = match read_form(req).await {
         Ok((headers, form)) => match endpoint {
-            Endpoint::Token => issue(&headers, form, &cx).await,
-            Endpoint::Revoke => revoke(&headers, form, &cx).await,
-            Endpoint::Introspect => introspect(&headers, form, &cx).await,
+            Endpoint::Token => issue(&headers, form, &cx, &mut outcome).await,
+            Endpoint::Revoke => revoke(&headers, form, &cx, &mut outcome).await,
+            Endpoint::Introspect => introspect(&headers, form, &cx, &mut outcome).await,
         },
         Err(e) => Err(e),
     };
-    match out {
+    let mut res = match out {
         Ok(res) => res,
         Err(e) => {
             if TOKEN_ERRORS.contains(&e.code()) {
                 cx.metrics.token_errors.with_label_values(&[e.code()]).inc();
             }
+            outcome.refusal = Some(e.code());
             let mut res = e.into_response();
             res.headers_mut()
                 .insert(PRAGMA, HeaderValue::from_static("no-cache"));
             res
         }
-    }
+    };
+    res.extensions_mut().insert(outcome);
+    res
 }
 
 /// The checks every OAuth endpoint shares: POST, no credentials in the query, a form body of
@@ -188,6 +193,7 @@ async fn issue(
     headers: &HeaderMap,
     mut form: TokenForm,
     cx: &TokenContext<'_>,
+    outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     match form.grant_type.as_deref() {
         None => return Err(GatewayError::InvalidRequest("grant_type is missing")),
@@ -195,6 +201,7 @@ async fn issue(
         Some(_) => return Err(GatewayError::UnsupportedGrantType),
     }
     let (client, secret) = authenticate_client(headers, &mut form, cx).await?;
+    outcome.client = Some(client.id.clone());
     let config = cx.config;
 
     let granted: ScopeSet = match form.scope.as_deref() {
@@ -313,8 +320,10 @@ async fn revoke(
     headers: &HeaderMap,
     mut form: TokenForm,
     cx: &TokenContext<'_>,
+    outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (client, _) = authenticate_client(headers, &mut form, cx).await?;
+    outcome.client = Some(client.id.clone());
     let token = form.token.ok_or(GatewayError::InvalidRequest(
         "the token parameter is missing",
     ))?;
@@ -346,8 +355,10 @@ async fn introspect(
     headers: &HeaderMap,
     mut form: TokenForm,
     cx: &TokenContext<'_>,
+    outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
-    authenticate_client(headers, &mut form, cx).await?;
+    let (client, _) = authenticate_client(headers, &mut form, cx).await?;
+    outcome.client = Some(client.id.clone());
     let token = form.token.ok_or(GatewayError::InvalidRequest(
         "the token parameter is missing",
     ))?;
