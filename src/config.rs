@@ -2,6 +2,7 @@
 //! either a [`Config`] (with warnings) or every problem at once as `FILE:LINE:COL: message`.
 //! Nothing outside this module sees the raw YAML.
 
+pub mod diff;
 mod locate;
 mod raw;
 pub mod reload;
@@ -150,6 +151,9 @@ pub struct Client {
     pub id: Arc<str>,
     /// The secret, hashed.
     pub secret: SecretHash,
+    /// A fingerprint of the secret's hash: tokens carry it, so changing or removing the
+    /// secret ends the tokens it obtained.
+    pub secret_id: u64,
     /// Scopes this client may be granted.
     pub scopes: ScopeSet,
     /// `X-Client-Id` value, built once.

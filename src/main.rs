@@ -27,11 +27,15 @@ enum Command {
         #[arg(long, env = "PORTCULLIS_CONFIG", default_value = "gateway.yaml")]
         config: PathBuf,
     },
-    /// Validate a config file: every problem as FILE:LINE:COL, exit 1 if any.
+    /// Validate a config file: every problem as FILE:LINE:COL, exit 1 if any. With
+    /// `--diff OLD NEW`, validate both and say what the change does to access.
     Check {
         /// The config file.
         #[arg(long, env = "PORTCULLIS_CONFIG", default_value = "gateway.yaml")]
         config: PathBuf,
+        /// Compare two config files.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        diff: Option<Vec<PathBuf>>,
     },
     /// Manage clients.
     Client {
@@ -67,7 +71,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config } => check(config),
+        Command::Check {
+            diff: Some(files), ..
+        } => check_diff(&files[0], &files[1]),
+        Command::Check { config, .. } => check(config),
         Command::Client {
             command: ClientCommand::New { id, scopes },
         } => client_new(&id, &scopes),
@@ -122,6 +129,29 @@ fn check(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_diff(old: &PathBuf, new: &PathBuf) -> ExitCode {
+    let load = |p: &PathBuf| match config::load(p) {
+        Ok(l) => Some(l.config),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            None
+        }
+    };
+    let (Some(a), Some(b)) = (load(old), load(new)) else {
+        return ExitCode::FAILURE;
+    };
+    let changes = config::diff::diff(&a, &b);
+    if changes.is_empty() {
+        println!("no change to clients, routes or scopes");
+    }
+    for line in changes {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(path: PathBuf) -> ExitCode {

@@ -111,29 +111,44 @@ pub async fn authenticate<S: TokenStore>(
     if record.expires_at_ms <= now_ms() {
         return Err(GatewayError::InvalidToken("the access token has expired"));
     }
-    // A client removed from config loses its tokens at once.
-    let client =
-        config
-            .clients
-            .get(&record.client_id)
-            .cloned()
-            .ok_or(GatewayError::InvalidToken(
-                "the client of this token no longer exists",
-            ))?;
-    let rebased = (record.generation != config.generation).then(|| {
-        let granted = config
-            .scopes
-            .set_of(record.scopes.iter().map(|s| &**s))
-            .intersection(&client.scopes);
-        let header = HeaderValue::from_str(&config.scopes.join(&granted))
-            .unwrap_or(HeaderValue::from_static(""));
-        (granted, header)
-    });
-    Ok(Claims {
-        client,
-        record,
-        rebased,
-    })
+    Claims::under(record, config).ok_or(GatewayError::InvalidToken(
+        "the client or secret of this token was removed",
+    ))
+}
+
+impl Claims {
+    /// What `record` grants under `config`: nothing when its client, or the secret that
+    /// obtained it, is gone; else its scopes less any the client has lost since.
+    pub fn under(record: Arc<TokenRecord>, config: &Config) -> Option<Claims> {
+        let client = config.clients.get(&record.client_id)?.clone();
+        if client.secret_id != record.secret_id {
+            return None;
+        }
+        let rebased = (record.generation != config.generation).then(|| {
+            let granted = config
+                .scopes
+                .set_of(record.scopes.iter().map(|s| &**s))
+                .intersection(&client.scopes);
+            let header = HeaderValue::from_str(&config.scopes.join(&granted))
+                .unwrap_or(HeaderValue::from_static(""));
+            (granted, header)
+        });
+        Some(Claims {
+            client,
+            record,
+            rebased,
+        })
+    }
+
+    /// The granted scopes, space-separated, as of the current config.
+    pub fn scope_text(&self, config: &Config) -> String {
+        config.scopes.join(self.scopes())
+    }
+
+    /// The token's record.
+    pub fn record(&self) -> &TokenRecord {
+        &self.record
+    }
 }
 
 #[cfg(test)]

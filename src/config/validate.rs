@@ -510,7 +510,9 @@ fn validate_clients(
             continue;
         }
         let id: Arc<str> = Arc::from(c.id.as_str());
+        let fingerprint = sha2::Sha256::digest(secret.to_config_value().as_bytes());
         let client = Client {
+            secret_id: u64::from_be_bytes(fingerprint[..8].try_into().expect("8 bytes")),
             max_live_tokens: c.max_live_tokens,
             id_header: HeaderValue::from_str(&c.id).expect("checked visible ASCII"),
             id: id.clone(),

@@ -170,6 +170,7 @@ mod tests {
     fn record(client: &str, expires_at_ms: u64) -> Arc<TokenRecord> {
         Arc::new(TokenRecord {
             client_id: client.into(),
+            secret_id: 0,
             scopes: Arc::from(vec![]),
             issued_at_ms: 0,
             expires_at_ms,

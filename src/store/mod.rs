@@ -56,6 +56,9 @@ impl std::fmt::Debug for TokenDigest {
 pub struct TokenRecord {
     /// The client the token was issued to.
     pub client_id: Arc<str>,
+    /// Which of the client's secrets obtained it ([`crate::config::Client::secret_id`]): a
+    /// token lives only as long as that secret stays in the config.
+    pub secret_id: u64,
     /// The scopes granted, by name.
     pub scopes: Arc<[Arc<str>]>,
     /// Issue time, Unix milliseconds.
@@ -74,6 +77,7 @@ impl TokenRecord {
     /// A record with its bitset and header computed against `config`.
     pub fn new(
         client_id: Arc<str>,
+        secret_id: u64,
         scopes: Arc<[Arc<str>]>,
         issued_at_ms: u64,
         expires_at_ms: u64,
@@ -84,6 +88,7 @@ impl TokenRecord {
             .unwrap_or(HeaderValue::from_static(""));
         TokenRecord {
             client_id,
+            secret_id,
             scopes,
             issued_at_ms,
             expires_at_ms,

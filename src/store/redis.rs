@@ -162,15 +162,16 @@ async fn connect(settings: &RedisSettings) -> Result<Conn, RedisError> {
     }
 }
 
-/// The stored value: `client\nscope scope\nissued_ms\nexpires_ms`. Client ids and scopes
-/// never contain a newline (config validation), so no escaping is needed.
+/// The stored value: `client\nscope scope\nissued_ms\nexpires_ms\nsecret_id`. Client ids
+/// and scopes never contain a newline (config validation), so no escaping is needed.
 fn encode(record: &TokenRecord) -> String {
     format!(
-        "{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{:016x}",
         record.client_id,
         record.scope_text(),
         record.issued_at_ms,
-        record.expires_at_ms
+        record.expires_at_ms,
+        record.secret_id
     )
 }
 
@@ -180,6 +181,7 @@ fn decode(value: &str, config: &Config) -> Option<TokenRecord> {
     let scopes = parts.next()?;
     let issued: u64 = parts.next()?.parse().ok()?;
     let expires: u64 = parts.next()?.parse().ok()?;
+    let secret_id = u64::from_str_radix(parts.next()?, 16).ok()?;
     let names: Arc<[Arc<str>]> = scopes
         .split(' ')
         .filter(|s| !s.is_empty())
@@ -187,6 +189,7 @@ fn decode(value: &str, config: &Config) -> Option<TokenRecord> {
         .collect();
     Some(TokenRecord::new(
         client.into(),
+        secret_id,
         names,
         issued,
         expires,
@@ -534,7 +537,10 @@ impl TokenStore for RedisStore {
         {
             Ok(Some(value)) => {
                 let Some(record) = decode(&value, config) else {
-                    self.metrics.store_errors.with_label_values(&["corrupt"]).inc();
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&["corrupt"])
+                        .inc();
                     tracing::error!(digest = ?digest, "a stored grant is malformed; refusing the token");
                     return Err(StoreError::Corrupt);
                 };

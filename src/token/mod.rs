@@ -241,6 +241,7 @@ async fn issue(
     let expires = now + ttl.as_millis() as u64;
     let record = Arc::new(TokenRecord::new(
         client.id.clone(),
+        client.secret_id,
         names,
         now,
         expires,
@@ -370,17 +371,18 @@ async fn introspect(
     } else {
         None
     };
-    // A client removed from config has no live tokens, whatever the store says.
-    let record = record.filter(|r| cx.config.clients.contains_key(&r.client_id));
-    Ok(json(match record {
+    // Judged as a protected request would judge it: a removed client or secret, or lost
+    // scopes, show here too.
+    let claims = record.and_then(|r| crate::auth::Claims::under(r, cx.config));
+    Ok(json(match claims {
         None => serde_json::json!({ "active": false }),
-        Some(r) => serde_json::json!({
+        Some(c) => serde_json::json!({
             "active": true,
-            "scope": r.scope_text(),
-            "client_id": &*r.client_id,
+            "scope": c.scope_text(cx.config),
+            "client_id": &*c.client.id,
             "token_type": "Bearer",
-            "exp": r.expires_at_ms / 1000,
-            "iat": r.issued_at_ms / 1000,
+            "exp": c.record().expires_at_ms / 1000,
+            "iat": c.record().issued_at_ms / 1000,
         }),
     }))
 }

@@ -29,6 +29,21 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// Real redis-server processes and the helpers of the Redis store suite. `self::` because the
+// `redis` crate is in the extern prelude too.
+mod redis;
+mod store;
+// Most test binaries use neither.
+#[allow(unused_imports)]
+pub use self::redis::*;
+#[allow(unused_imports)]
+pub use self::store::*;
+
+// Reload, signals, held connections and redirects for the operations suites.
+mod ops;
+#[allow(unused_imports)] // not every suite uses them
+pub use self::ops::*;
+
 /// How long the gateway may take to print its `listening` line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Upper bound for one ordinary HTTP exchange.
