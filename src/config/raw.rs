@@ -293,6 +293,9 @@ pub(super) struct RawRoute {
     /// HTTP/2 to the upstream.
     #[serde(default)]
     pub upstream_http2: bool,
+    /// Let HTTP/1.1 `Upgrade` requests (WebSocket) through, after the token and scope check.
+    #[serde(default)]
+    pub websocket: bool,
     #[serde(default = "default_timeout")]
     pub timeout: String,
     #[serde(default)]

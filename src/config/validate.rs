@@ -561,6 +561,12 @@ fn validate_routes(
             Ok(()) => {}
         }
         let upstream = parse_upstream(&r.upstream).map_err(|e| (at("upstream"), e));
+        if r.websocket && r.upstream_http2 {
+            errors.push((
+                at("websocket"),
+                "websocket needs HTTP/1.1 to the upstream: drop upstream_http2".into(),
+            ));
+        }
         let client = match &r.upstream_ca {
             None => Ok(proxy::client_for(
                 proxy::ClientKey {
@@ -623,6 +629,7 @@ fn validate_routes(
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,
                 upstream_http2: r.upstream_http2,
+                websocket: r.websocket,
                 client,
                 timeout,
                 access,

@@ -10,15 +10,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::header::LOCATION;
+use http::header::{CONNECTION, LOCATION, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
+use http::StatusCode;
 use http::{HeaderValue, Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
 
 use crate::body::Body;
@@ -115,6 +116,14 @@ pub async fn forward(
             req.headers_mut().insert(http::header::HOST, a);
         }
     }
+    // An upgrade is taken over from hyper before the headers that ask for it are stripped,
+    // then asked for again, upstream, in the gateway's own words.
+    let upgrade = (route.websocket && is_upgrade(req.headers()))
+        .then(|| {
+            let protocol = req.headers().get(UPGRADE).cloned()?;
+            Some((hyper::upgrade::on(&mut req), protocol))
+        })
+        .flatten();
     *req.uri_mut() = uri;
     *req.version_mut() = if route.upstream_http2 {
         Version::HTTP_2
@@ -131,6 +140,11 @@ pub async fn forward(
             identity,
         },
     );
+    if let Some((_, protocol)) = &upgrade {
+        req.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(UPGRADE, protocol.clone());
+    }
 
     let start = Instant::now();
     let sent = tokio::time::timeout(route.timeout, route.client.request(req)).await;
@@ -159,7 +173,33 @@ pub async fn forward(
         .with_label_values(&[&route.id])
         .observe(upstream.as_secs_f64());
     let mut res = res.map(Either::Left);
+    let upstream_protocol = res.headers().get(UPGRADE).cloned();
     strip_hop_by_hop(res.headers_mut());
+    if let (Some((client_side, _)), StatusCode::SWITCHING_PROTOCOLS, Some(protocol)) =
+        (upgrade, res.status(), upstream_protocol)
+    {
+        let upstream_side = hyper::upgrade::on(&mut res);
+        res.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        res.headers_mut().insert(UPGRADE, protocol);
+        let id = route.id.clone();
+        tokio::spawn(async move {
+            match tokio::join!(client_side, upstream_side) {
+                (Ok(c), Ok(u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(route = %id, error = %e, "upgraded connection ended");
+                    }
+                }
+                (c, u) => tracing::debug!(
+                    route = %id,
+                    client = c.is_ok(),
+                    upstream = u.is_ok(),
+                    "upgrade did not complete"
+                ),
+            }
+        });
+    }
     // Absolute redirects into the upstream would send the caller around the gateway.
     let public = res
         .headers()
@@ -172,6 +212,17 @@ pub async fn forward(
         res.headers_mut().insert(LOCATION, l);
     }
     Ok((res, upstream))
+}
+
+/// `Connection: upgrade` with an `Upgrade` header: an HTTP/1.1 protocol switch request.
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The `kind` label of an upstream failure before its response head.

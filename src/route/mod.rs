@@ -119,6 +119,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// HTTP/2 to the upstream.
     pub upstream_http2: bool,
+    /// Pass HTTP/1.1 upgrades (WebSocket) through.
+    pub websocket: bool,
     /// The pooled client for this upstream's trust roots and protocol.
     pub client: Arc<crate::proxy::UpstreamClient>,
     /// Upstream response-head timeout.
@@ -237,6 +239,7 @@ mod tests {
             strip_prefix: strip,
             preserve_host: false,
             upstream_http2: false,
+            websocket: false,
             client: crate::proxy::client_for(
                 crate::proxy::ClientKey {
                     ca: None,
