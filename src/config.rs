@@ -279,6 +279,17 @@ pub fn from_str(source: &str, file: Arc<str>) -> Result<Loaded, ConfigErrors> {
     }
 }
 
+/// The JSON Schema of gateway.yaml, generated from the same types the loader reads (shipped
+/// as `gateway.schema.json`; a test keeps the two equal).
+pub fn json_schema() -> String {
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<raw::RawConfig>();
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
+    text.push('\n');
+    text
+}
+
 fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
     problems.sort_by_key(|p| (p.pos.line, p.pos.col));
     problems

@@ -44,6 +44,8 @@ enum Command {
     },
     /// Read a secret on stdin, print its `secret_hash` value.
     HashSecret,
+    /// Print the JSON Schema of gateway.yaml (as shipped in gateway.schema.json).
+    Schema,
     /// Revoke every live token of a client on every replica (needs the Redis store).
     Revoke {
         /// The client whose tokens to revoke.
@@ -79,6 +81,10 @@ fn main() -> ExitCode {
             command: ClientCommand::New { id, scopes },
         } => client_new(&id, &scopes),
         Command::HashSecret => hash_secret(),
+        Command::Schema => {
+            print!("{}", config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Revoke { client, config } => revoke(&client, config),
     }
 }

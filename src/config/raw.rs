@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields, title = "portcullis gateway.yaml")]
 pub(super) struct RawConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -38,7 +40,8 @@ fn default_shutdown_grace() -> String {
     "30s".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub(super) struct RawLog {
     /// `json` (default) or `text`.
     #[serde(default = "default_log_format")]
@@ -81,7 +84,8 @@ fn default_sample() -> f64 {
     1.0
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub(super) struct RawTls {
     pub cert: String,
     pub key: String,
@@ -91,7 +95,8 @@ pub(super) struct RawTls {
 }
 
 /// Limits of the public listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub(super) struct RawServer {
     /// Time to receive a complete request head; also how long an idle keep-alive connection
     /// is kept (slowloris guard).
@@ -141,6 +146,29 @@ pub(super) enum RawStore {
     Redis(RawRedis),
 }
 
+/// `memory`, or a one-key map `{redis: {...}}`, as the deserializer below reads it.
+impl JsonSchema for RawStore {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Store".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let redis = generator.subschema_for::<RawRedis>();
+        schemars::json_schema!({
+            "description": "Token store: `memory` (embedded, per replica) or `{redis: {...}}` (shared by replicas).",
+            "oneOf": [
+                { "const": "memory" },
+                {
+                    "type": "object",
+                    "properties": { "redis": redis },
+                    "required": ["redis"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// By hand, because serde_norway reads externally tagged enums as YAML tags (`!redis`), not
 /// as the one-key map ops write; the inner map still goes through serde (and serde_ignored).
 impl<'de> Deserialize<'de> for RawStore {
@@ -181,7 +209,8 @@ impl<'de> Deserialize<'de> for RawStore {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub(super) struct RawRedis {
     #[serde(default)]
     pub url: Option<String>,
@@ -219,7 +248,8 @@ fn default_cache_entries() -> usize {
     100_000
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub(super) struct RawTokens {
     #[serde(default = "default_ttl")]
     pub ttl: String,
@@ -266,7 +296,8 @@ fn default_token_path() -> String {
     "/oauth/token".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub(super) struct RawClient {
     pub id: String,
     pub secret_hash: String,
@@ -277,7 +308,8 @@ pub(super) struct RawClient {
     pub max_live_tokens: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub(super) struct RawRoute {
     pub id: String,
     pub path: String,
