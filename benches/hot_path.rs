@@ -64,7 +64,7 @@ fn benches(c: &mut Criterion) {
     let scopes = cfg.scopes.set_of(["r0:read", "r0:write"]);
     let record = Arc::new(TokenRecord {
         client_id: "svc".into(),
-        secret_id: cfg.clients["svc"].secret_id,
+        secret_id: cfg.clients["svc"].secrets[0].id,
         scopes: Arc::from(vec![Arc::from("r0:read"), Arc::from("r0:write")]),
         issued_at_ms: now_ms(),
         expires_at_ms: now_ms() + 3_600_000,
@@ -78,7 +78,7 @@ fn benches(c: &mut Criterion) {
     for _ in 0..100_000 {
         let r = Arc::new(TokenRecord {
             client_id: "svc".into(),
-            secret_id: cfg.clients["svc"].secret_id,
+            secret_id: cfg.clients["svc"].secrets[0].id,
             scopes: Arc::from(vec![]),
             issued_at_ms: 0,
             expires_at_ms: now_ms() + 3_600_000,

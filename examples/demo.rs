@@ -51,6 +51,7 @@ async fn main() {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "gateway.yaml".into());
+    let stamp = portcullis::config::reload::stamp(&path.clone().into());
     let loaded = match portcullis::config::load(path.as_ref()) {
         Ok(l) => l,
         Err(e) => {
@@ -87,7 +88,7 @@ async fn main() {
         upstream = UPSTREAM,
         "listening: demo gateway and upstream are up; Ctrl-C stops both"
     );
-    running.watch_config(path.into());
+    running.watch_config(path.into(), stamp);
     let _ = tokio::signal::ctrl_c().await;
     running.shutdown().await;
 }

@@ -55,12 +55,11 @@ pub struct AccessLogLayer {
 }
 
 impl AccessLogLayer {
-    /// A layer reading its settings from the current config snapshot of `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        AccessLogLayer {
-            shared,
-            counter: Arc::default(),
-        }
+    /// A layer reading its settings from the current config snapshot of `shared`, sampling
+    /// with `counter`, which every connection must share (one per connection would drop the
+    /// first success of each).
+    pub fn new(shared: Arc<Shared>, counter: Arc<AtomicU64>) -> Self {
+        AccessLogLayer { shared, counter }
     }
 }
 

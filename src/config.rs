@@ -149,17 +149,47 @@ pub struct TokenSettings {
 pub struct Client {
     /// The client id (used in metrics and `X-Client-Id`).
     pub id: Arc<str>,
-    /// The secret, hashed.
-    pub secret: SecretHash,
-    /// A fingerprint of the secret's hash: tokens carry it, so changing or removing the
-    /// secret ends the tokens it obtained.
-    pub secret_id: u64,
+    /// Its secrets (one, or several during a rotation).
+    pub secrets: Vec<ClientSecret>,
     /// Scopes this client may be granted.
     pub scopes: ScopeSet,
     /// `X-Client-Id` value, built once.
     pub id_header: HeaderValue,
     /// Past this many live tokens, the oldest are revoked.
     pub max_live_tokens: Option<u32>,
+}
+
+/// One secret of a client.
+#[derive(Debug, Clone)]
+pub struct ClientSecret {
+    /// The hash.
+    pub hash: SecretHash,
+    /// A fingerprint of the hash: tokens carry it, so changing, removing or letting the
+    /// secret expire ends the tokens it obtained.
+    pub id: u64,
+    /// Unix ms after which the secret (and its tokens) stop working.
+    pub expires_at_ms: Option<u64>,
+    /// `secret` label value: the fingerprint's first 8 hex digits.
+    pub label: Arc<str>,
+}
+
+impl ClientSecret {
+    /// Whether the secret may be used at `now` (Unix ms).
+    pub fn live(&self, now: u64) -> bool {
+        self.expires_at_ms.is_none_or(|e| now < e)
+    }
+}
+
+impl Client {
+    /// The live secret whose fingerprint is `id`.
+    pub fn live_secret(&self, id: u64, now: u64) -> Option<&ClientSecret> {
+        self.secrets.iter().find(|s| s.id == id && s.live(now))
+    }
+
+    /// Whether any secret is argon2id (slow by design).
+    pub fn has_slow_secret(&self) -> bool {
+        self.secrets.iter().any(|s| s.hash.is_slow())
+    }
 }
 
 /// A config problem with its place in the file.

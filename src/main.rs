@@ -46,6 +46,23 @@ enum Command {
     HashSecret,
     /// Print the JSON Schema of gateway.yaml (as shipped in gateway.schema.json).
     Schema,
+    /// Which route a request would take, what it forwards to, which scopes its method needs,
+    /// and whether a client (or a set of scopes) would be let through.
+    Explain {
+        /// The method, e.g. GET.
+        method: String,
+        /// The request path (query allowed; it never decides).
+        path: String,
+        /// Judge for this client's scopes.
+        #[arg(long, conflicts_with = "scopes")]
+        client: Option<String>,
+        /// Judge for these scopes, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
     /// Revoke every live token of a client on every replica (needs the Redis store).
     Revoke {
         /// The client whose tokens to revoke.
@@ -59,6 +76,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClientCommand {
+    /// Generate a new secret for an existing client and print its entry with both the new
+    /// secret and the current ones (set to expire), for a rotation without downtime.
+    Rotate {
+        /// The client id.
+        id: String,
+        /// The config file.
+        #[arg(long, env = "PORTCULLIS_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// When the current secrets should stop working (days from now).
+        #[arg(long, default_value_t = 7)]
+        expire_old_in_days: u64,
+    },
     /// Generate a secret for a new client; print it once, with the config snippet.
     New {
         /// The client id.
@@ -80,6 +109,21 @@ fn main() -> ExitCode {
         Command::Client {
             command: ClientCommand::New { id, scopes },
         } => client_new(&id, &scopes),
+        Command::Client {
+            command:
+                ClientCommand::Rotate {
+                    id,
+                    config,
+                    expire_old_in_days,
+                },
+        } => client_rotate(&id, &config, expire_old_in_days),
+        Command::Explain {
+            method,
+            path,
+            client,
+            scopes,
+            config,
+        } => explain(&method, &path, client.as_deref(), scopes, &config),
         Command::HashSecret => hash_secret(),
         Command::Schema => {
             print!("{}", config::json_schema());
@@ -161,6 +205,7 @@ fn check_diff(old: &PathBuf, new: &PathBuf) -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
+    let stamp = config::reload::stamp(&path);
     let loaded = match config::load(&path) {
         Ok(l) => l,
         Err(errors) => {
@@ -198,7 +243,7 @@ fn serve(path: PathBuf) -> ExitCode {
             running.public_addr,
             running.admin_addr
         );
-        running.watch_config(path.clone());
+        running.watch_config(path.clone(), stamp);
         wait_for_signal().await;
         tracing::info!("shutting down: draining connections");
         running.shutdown().await;
@@ -298,6 +343,172 @@ fn revoke(client: &str, path: PathBuf) -> ExitCode {
             }
         }
     })
+}
+
+fn load_or_report(path: &std::path::Path) -> Option<portcullis::Config> {
+    match config::load(path) {
+        Ok(l) => Some(l.config),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            None
+        }
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix day number (the inverse of the config's date parser).
+fn civil_date(days: u64) -> String {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn client_rotate(id: &str, path: &std::path::Path, days: u64) -> ExitCode {
+    let Some(cfg) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(client) = cfg.clients.get(id) else {
+        eprintln!("error: no client {id:?} in {}", path.display());
+        return ExitCode::FAILURE;
+    };
+    let secret = generate_secret();
+    let hash = SecretHash::sha256_of(secret.as_bytes()).to_config_value();
+    let today = portcullis::store::now_ms() / 86_400_000;
+    let expires = civil_date(today + days.max(1));
+    let scopes: Vec<String> = cfg
+        .scopes
+        .names(&client.scopes)
+        .map(|s| serde_json::to_string(&**s).unwrap_or_default())
+        .collect();
+    println!("new client secret (shown once; give it to the service, keep it out of git):");
+    println!("  {secret}");
+    println!();
+    println!("replace the entry of {id:?} in gateway.yaml with:");
+    println!("  - id: {}", serde_json::to_string(id).unwrap_or_default());
+    println!("    secrets:");
+    println!("      - hash: \"{hash}\"");
+    for s in &client.secrets {
+        println!("      - hash: \"{}\"", s.hash.to_config_value());
+        match s.expires_at_ms {
+            Some(ms) => println!("        expires: {}", civil_date(ms / 86_400_000)),
+            None => println!("        expires: {expires}"),
+        }
+    }
+    println!("    scopes: [{}]", scopes.join(", "));
+    if let Some(max) = client.max_live_tokens {
+        println!("    max_live_tokens: {max}");
+    }
+    println!();
+    println!(
+        "then reload; watch portcullis_client_secret_last_used_timestamp_seconds{{client={id:?}}} \
+         and drop the old secrets once nothing uses them (their tokens end with them)"
+    );
+    ExitCode::SUCCESS
+}
+
+fn explain(
+    method: &str,
+    target: &str,
+    client: Option<&str>,
+    scopes: Option<Vec<String>>,
+    path: &std::path::Path,
+) -> ExitCode {
+    use portcullis::route::{normalize, Access};
+    let Some(cfg) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        eprintln!("error: {method:?} is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let raw_path = target.split('?').next().unwrap_or(target);
+    let normalized = match normalize(raw_path) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            println!(
+                "{method} {target}: refused with 400 invalid_request: {}",
+                e.describe()
+            );
+            return ExitCode::SUCCESS;
+        }
+    };
+    println!("normalized path: {normalized}");
+    let Some(route) = cfg.routes.find(&normalized) else {
+        println!("no route matches: 404 not_found");
+        return ExitCode::SUCCESS;
+    };
+    let query = target.find('?').map(|i| &target[i..]).unwrap_or("");
+    println!(
+        "route: {} (prefix {}) -> {}{}{query}",
+        route.id,
+        route.prefix,
+        route.upstream.origin,
+        route
+            .upstream_path(&normalized)
+            .trim_start_matches(&*route.upstream.base_path)
+    );
+    let methods = match &route.access {
+        Access::Public => {
+            println!("public route: no token needed; {method} is forwarded");
+            return ExitCode::SUCCESS;
+        }
+        Access::Protected(m) => m,
+    };
+    let Some(required) = methods.for_method(&method) else {
+        let allow = methods
+            .allow
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("");
+        println!("{method} is not allowed on this route: 405 (Allow: {allow})");
+        return ExitCode::SUCCESS;
+    };
+    let needed = if required.names.is_empty() {
+        "any valid token".to_string()
+    } else {
+        required.names.to_string()
+    };
+    println!("{method} needs: {needed}");
+    let held: Option<(String, Vec<String>)> = match (client, scopes) {
+        (Some(id), _) => match cfg.clients.get(id) {
+            Some(c) => Some((
+                format!("client {id}"),
+                cfg.scopes.names(&c.scopes).map(|s| s.to_string()).collect(),
+            )),
+            None => {
+                println!(
+                    "client {id:?} does not exist: it cannot get a token (401 invalid_client)"
+                );
+                return ExitCode::SUCCESS;
+            }
+        },
+        (None, Some(s)) => Some(("these scopes".into(), s)),
+        (None, None) => None,
+    };
+    if let Some((who, held)) = held {
+        let missing: Vec<&str> = required
+            .names
+            .split(' ')
+            .filter(|n| !n.is_empty() && !held.iter().any(|h| h == n))
+            .collect();
+        if missing.is_empty() {
+            println!("{who}: allowed");
+        } else {
+            println!(
+                "{who}: refused with 403 insufficient_scope: missing {}",
+                missing.join(" ")
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn hash_secret() -> ExitCode {

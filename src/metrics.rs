@@ -81,6 +81,8 @@ pub struct Metrics {
     pub revocations: IntCounter,
     /// `portcullis_revocation_lag_seconds`: from a revocation's publication to its eviction here.
     pub revocation_lag: Histogram,
+    /// `portcullis_client_secret_last_used_timestamp_seconds{client,secret}`.
+    pub secret_last_used: prometheus::GaugeVec,
     /// `portcullis_config_reloads_total{result}`: ok, error.
     pub config_reloads: IntCounterVec,
     /// `portcullis_config_generation`: bumps on every applied config.
@@ -221,6 +223,15 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let secret_last_used = prometheus::GaugeVec::new(
+            Opts::new(
+                "portcullis_client_secret_last_used_timestamp_seconds",
+                "Unix time a client last authenticated with each of its secrets (0: not since start); \
+                 `secret` is the first 8 hex digits of the hash's fingerprint.",
+            ),
+            &["client", "secret"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "portcullis_config_reloads_total",
@@ -241,6 +252,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(secret_last_used.clone()),
             Box::new(config_generation.clone()),
             Box::new(config_last_reload.clone()),
             Box::new(store_duration.clone()),
@@ -294,17 +306,24 @@ impl Metrics {
             token_cache,
             revocations,
             revocation_lag,
+            secret_last_used,
             config_reloads,
             config_generation,
             config_last_reload,
         }
     }
 
-    /// Creates the per-client series at zero, so a dashboard lists every client.
-    pub fn register_clients<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        for id in ids {
-            self.tokens_issued.with_label_values(&[id]);
-            self.live_tokens.with_label_values(&[id]);
+    /// Creates the per-client series at zero, so a dashboard lists every client and secret.
+    pub fn register_clients<'a>(
+        &self,
+        clients: impl IntoIterator<Item = &'a crate::config::Client>,
+    ) {
+        for c in clients {
+            self.tokens_issued.with_label_values(&[&c.id]);
+            self.live_tokens.with_label_values(&[&c.id]);
+            for s in &c.secrets {
+                self.secret_last_used.with_label_values(&[&c.id, &s.label]);
+            }
         }
     }
 

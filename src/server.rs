@@ -22,7 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::reload::{watch_config, Trigger};
+use crate::config::reload::{watch_config, Stamp, Trigger};
 use crate::config::{Config, Loaded, ServerLimits, StoreKind};
 use crate::metrics::Metrics;
 use crate::stack::{stack, Shared};
@@ -68,13 +68,15 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.admin_task).await;
     }
 
-    /// Reloads the config from `path` on SIGHUP and whenever the file changes.
-    pub fn watch_config(&self, path: PathBuf) {
+    /// Reloads the config from `path` on SIGHUP and whenever the file changes from the
+    /// version `loaded_at` (taken with `reload::stamp` before the running config was read).
+    pub fn watch_config(&self, path: PathBuf, loaded_at: Option<Stamp>) {
         let shared = self.shared.clone();
         let rejected_metrics = self.shared.metrics.clone();
         let stop = self.stop_public.subscribe();
         tokio::spawn(watch_config(
             path,
+            loaded_at,
             stop,
             move |loaded, trigger| apply(&shared, loaded, trigger),
             move |errors, trigger| {
@@ -108,7 +110,7 @@ fn apply(shared: &Shared, loaded: Loaded, trigger: Trigger) {
     }
     shared
         .metrics
-        .register_clients(new.clients.keys().map(|k| &**k));
+        .register_clients(new.clients.values().map(|c| &**c));
     let (clients, routes) = (new.clients.len(), new.routes.len());
     shared.config.store(Arc::new(new));
     let m = &shared.metrics;
@@ -144,7 +146,7 @@ pub async fn run(config: Config) -> io::Result<Running> {
     let limits = config.server;
 
     let metrics = Arc::new(Metrics::new());
-    metrics.register_clients(config.clients.keys().map(|k| &**k));
+    metrics.register_clients(config.clients.values().map(|c| &**c));
     metrics.config_generation.set(1);
     metrics.config_last_reload.set(now_ms() as f64 / 1000.0);
     let store = match &config.store {
@@ -157,6 +159,7 @@ pub async fn run(config: Config) -> io::Result<Running> {
         config: ArcSwap::from_pointee(config),
         store,
         metrics,
+        access_sampled: Arc::default(),
     });
     let admin = Arc::new(AdminState {
         shared: shared.clone(),

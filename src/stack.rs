@@ -41,6 +41,8 @@ pub struct Shared {
     pub store: Store,
     /// Metric families.
     pub metrics: Arc<Metrics>,
+    /// Successful requests seen by the access-log sampler, across connections.
+    pub access_sampled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The full per-connection service.
@@ -52,7 +54,10 @@ pub fn stack(shared: Arc<Shared>, peer: SocketAddr, proto: &'static str) -> Gate
         // Outermost: every request, refused or not, gets an id before anything logs it.
         .layer(RequestIdLayer)
         // Around the rest so the line is written when the body ends, with its byte count.
-        .layer(AccessLogLayer::new(shared.clone()))
+        .layer(AccessLogLayer::new(
+            shared.clone(),
+            shared.access_sampled.clone(),
+        ))
         // Counts every response head, including the gateway's own refusals.
         .layer(MetricsLayer::new(shared.metrics.clone()))
         .service(Gateway {
@@ -120,7 +125,9 @@ async fn handle(
     }
     if path == METADATA_PATH {
         let res = token::metadata(&req, &config, proto);
-        return with_outcome(res, Outcome::route(ROUTE_METADATA.into()));
+        let mut outcome = Outcome::route(ROUTE_METADATA.into());
+        outcome.path = Some(METADATA_PATH.into());
+        return with_outcome(res, outcome);
     }
     let mut outcome = Outcome::route(ROUTE_NONE.into());
     match protected(shared, &config, peer, proto, req, &mut outcome).await {

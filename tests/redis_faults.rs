@@ -16,27 +16,9 @@ use support::*;
 /// check runs every 250 ms and each command times out after the configured 200 ms.
 const NOTICE: Duration = Duration::from_secs(3);
 
-struct Env {
-    _up: Upstream,
-    redis: RedisServer,
-    gw: Gateway,
-}
-
 /// A gateway on a fresh Redis with a 200 ms command timeout and the given `stale_for`.
-fn env(stale_for: &str) -> Env {
-    let up = Upstream::start();
-    let redis = RedisServer::start();
-    let yaml = store_config(
-        &redis_store(
-            &redis.url(),
-            &[("timeout", "200ms"), ("stale_for", stale_for)],
-        ),
-        "1h",
-        &suite_clients(None),
-        &up.url(),
-    );
-    let gw = start_ready(&yaml);
-    Env { _up: up, redis, gw }
+fn env(stale_for: &str) -> RedisEnv {
+    RedisEnv::start(&[("timeout", "200ms"), ("stale_for", stale_for)], None)
 }
 
 /// A token, used twice so the gateway has it in its in-process cache.
@@ -295,7 +277,7 @@ struct Outcome {
 }
 
 /// Two client threads call through the gateway for 2 s; Redis is killed 0.7 s in.
-fn load_through_a_kill(e: &mut Env) -> Vec<Outcome> {
+fn load_through_a_kill(e: &mut RedisEnv) -> Vec<Outcome> {
     let tokens = [cached_token(&e.gw), cached_token(&e.gw)];
     let stop = Arc::new(AtomicBool::new(false));
     let url = e.gw.url("/api/load");

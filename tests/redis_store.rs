@@ -1,7 +1,7 @@
 //! The Redis token store with one real `redis-server`: what the gateway writes (digests only,
-//! TTLs, the per-client index), tokens shared between replicas, the revocation and
-//! introspection endpoints (RFC 7009, RFC 7662) and their discovery entries, the live-token
-//! bound per client, and the store and cache metrics.
+//! TTLs, the per-client index, the key prefix), tokens shared between replicas, the live-token
+//! bound per client, the store and cache metrics, a corrupt stored grant, and the ways to reach
+//! Redis (a password from the environment, `rediss://` with a private CA).
 
 mod support;
 
@@ -9,26 +9,11 @@ use std::collections::BTreeSet;
 
 use support::*;
 
-struct Env {
-    _up: Upstream,
-    redis: RedisServer,
-    gw: Gateway,
+fn env_with(extra: &[(&str, &str)], billing_max_live: Option<u32>) -> RedisEnv {
+    RedisEnv::start(extra, billing_max_live)
 }
 
-fn env_with(extra: &[(&str, &str)], billing_max_live: Option<u32>) -> Env {
-    let up = Upstream::start();
-    let redis = RedisServer::start();
-    let yaml = store_config(
-        &redis_store(&redis.url(), extra),
-        "1h",
-        &suite_clients(billing_max_live),
-        &up.url(),
-    );
-    let gw = start_ready(&yaml);
-    Env { _up: up, redis, gw }
-}
-
-fn env() -> Env {
+fn env() -> RedisEnv {
     env_with(&[], None)
 }
 
@@ -166,205 +151,6 @@ fn a_token_issued_on_one_replica_works_on_another() {
     let i = introspect(&e.gw, "other", SECRET, &token_b).json();
     assert_eq!(i["active"], true, "{i}");
     assert_eq!(i["client_id"], "other", "{i}");
-}
-
-#[test]
-fn introspection_answers_rfc_7662() {
-    let e = env();
-    let before = unix_ms() / 1000;
-    let token = get_token(&e.gw, "billing", SECRET);
-    let after = unix_ms() / 1000;
-
-    let resp = introspect(&e.gw, "billing", SECRET, &token);
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert!(
-        resp.header("content-type")
-            .unwrap_or("")
-            .starts_with("application/json"),
-        "{:?}",
-        resp.headers
-    );
-    let v = resp.json();
-    assert_eq!(v["active"], true, "{v}");
-    assert_eq!(
-        word_set(v["scope"].as_str().expect("scope")),
-        word_set("a b"),
-        "{v}"
-    );
-    assert_eq!(v["client_id"], "billing", "{v}");
-    assert_eq!(v["token_type"], "Bearer", "{v}");
-    let iat = v["iat"].as_u64().expect("iat in whole seconds");
-    let exp = v["exp"].as_u64().expect("exp in whole seconds");
-    assert!(
-        (before.saturating_sub(1)..=after + 1).contains(&iat),
-        "iat {iat} not within {before}..{after}"
-    );
-    assert!(
-        (3599..=3601).contains(&(exp - iat)),
-        "exp - iat = {} (ttl 1h)",
-        exp - iat
-    );
-
-    // Another replica (fresh cache) gives the same answer from Redis.
-    let b = start_ready(&store_config(
-        &redis_store(&e.redis.url(), &[]),
-        "1h",
-        &suite_clients(None),
-        &closed_port_url(),
-    ));
-    let vb = introspect(&b, "billing", SECRET, &token).json();
-    assert_eq!(vb["active"], true, "{vb}");
-    assert_eq!(vb["exp"], v["exp"], "{vb}");
-    assert_eq!(vb["iat"], v["iat"], "{vb}");
-
-    // Anything that is not a live token is just inactive.
-    let inactive = serde_json::json!({ "active": false });
-    for t in [
-        unknown_token(),
-        "garbage".to_string(),
-        "pct_short".to_string(),
-    ] {
-        let r = introspect(&e.gw, "billing", SECRET, &t);
-        assert_eq!(r.status, 200, "introspect {t:?}: {}", r.text());
-        assert_eq!(r.json(), inactive, "introspect {t:?}");
-    }
-    assert_eq!(revoke(&e.gw, "billing", SECRET, &token).status, 200);
-    assert_eq!(
-        introspect(&e.gw, "billing", SECRET, &token).json(),
-        inactive
-    );
-
-    // Client-authenticated like the token endpoint.
-    introspect(&e.gw, "billing", "wrong-secret", &token).assert_error(401, Some("invalid_client"));
-    let anon = post(&e.gw.url("/oauth/introspect"))
-        .form(&[("token", &token)])
-        .send();
-    anon.assert_error(401, Some("invalid_client"));
-}
-
-#[test]
-fn introspection_works_with_the_memory_store() {
-    let up = Upstream::start();
-    let mut y = config_head("1h");
-    y.push_str("clients:\n");
-    y.push_str(&suite_clients(None));
-    y.push_str(&format!(
-        "routes:\n  - id: api\n    path: /api\n    upstream: {}\n    scopes:\n      read: [a]\n",
-        up.url()
-    ));
-    let gw = Gateway::start(&y);
-    let token = get_token_scoped(&gw, "billing", SECRET, "a");
-    let v = introspect(&gw, "billing", SECRET, &token).json();
-    assert_eq!(v["active"], true, "{v}");
-    assert_eq!(v["scope"], "a", "{v}");
-    assert_eq!(v["client_id"], "billing", "{v}");
-    assert_eq!(v["token_type"], "Bearer", "{v}");
-    assert!(
-        v["exp"].as_u64().unwrap() > v["iat"].as_u64().unwrap(),
-        "{v}"
-    );
-    assert_eq!(
-        introspect(&gw, "billing", SECRET, &unknown_token()).json(),
-        serde_json::json!({ "active": false })
-    );
-    // Revocation also works on the memory store.
-    assert_eq!(revoke(&gw, "billing", SECRET, &token).status, 200);
-    assert_invalid_token(&call(&gw, &token));
-    assert_eq!(
-        introspect(&gw, "billing", SECRET, &token).json(),
-        serde_json::json!({ "active": false })
-    );
-}
-
-#[test]
-fn discovery_lists_revocation_and_introspection() {
-    let e = env();
-    let resp = get(&e.gw.url("/.well-known/oauth-authorization-server")).send();
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let v = resp.json();
-    let issuer = v["issuer"].as_str().expect("issuer");
-    assert_eq!(
-        v["revocation_endpoint"].as_str(),
-        Some(format!("{issuer}/oauth/revoke").as_str()),
-        "{v}"
-    );
-    assert_eq!(
-        v["introspection_endpoint"].as_str(),
-        Some(format!("{issuer}/oauth/introspect").as_str()),
-        "{v}"
-    );
-}
-
-#[test]
-fn revocation_endpoint_follows_rfc_7009() {
-    let e = env();
-    let mine = get_token(&e.gw, "billing", SECRET);
-    let theirs = get_token(&e.gw, "other", SECRET);
-    assert_eq!(call(&e.gw, &mine).status, 200);
-    assert_eq!(call(&e.gw, &theirs).status, 200);
-
-    // Unknown and malformed tokens: 200, empty body.
-    for t in [unknown_token(), "not-a-token".to_string()] {
-        let r = revoke(&e.gw, "billing", SECRET, &t);
-        assert_eq!(r.status, 200, "revoke {t:?}: {}", r.text());
-        assert!(r.body.is_empty(), "revoke {t:?}: body {:?}", r.text());
-    }
-
-    // Another client's token: 200, and nothing happens to it.
-    let r = revoke(&e.gw, "billing", SECRET, &theirs);
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.body.is_empty(), "{:?}", r.text());
-    assert_eq!(
-        call(&e.gw, &theirs).status,
-        200,
-        "a client revoked another client's token"
-    );
-    assert!(
-        !e.redis
-            .keys(&format!("portcullis:t:{}", sha256_hex(theirs.as_bytes())))
-            .is_empty(),
-        "the other client's token was deleted from Redis"
-    );
-
-    // Missing token parameter; wrong secret; no client authentication.
-    post(&e.gw.url("/oauth/revoke"))
-        .basic("billing", SECRET)
-        .form(&[("token_type_hint", "access_token")])
-        .send()
-        .assert_error(400, Some("invalid_request"));
-    revoke(&e.gw, "billing", "wrong-secret", &mine).assert_error(401, Some("invalid_client"));
-    post(&e.gw.url("/oauth/revoke"))
-        .form(&[("token", &mine)])
-        .send()
-        .assert_error(401, Some("invalid_client"));
-    assert_eq!(call(&e.gw, &mine).status, 200, "failed revocations revoked");
-
-    // Its own token: 200, empty body, refused afterwards, gone from Redis (token and index).
-    let hex = sha256_hex(mine.as_bytes());
-    let r = revoke(&e.gw, "billing", SECRET, &mine);
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.body.is_empty(), "{:?}", r.text());
-    assert_invalid_token(&call(&e.gw, &mine));
-    assert!(e.redis.keys(&format!("portcullis:t:{hex}")).is_empty());
-    let members = lines(&e.redis.cli(&["ZRANGE", "portcullis:c:billing", "0", "-1"]));
-    assert!(
-        !members.contains(&hex),
-        "revoked digest still in the client index"
-    );
-    // Revoking it again is fine.
-    assert_eq!(revoke(&e.gw, "billing", SECRET, &mine).status, 200);
-    // client_secret_post works too.
-    let third = get_token(&e.gw, "billing", SECRET);
-    let r = post(&e.gw.url("/oauth/revoke"))
-        .form(&[
-            ("token", third.as_str()),
-            ("client_id", "billing"),
-            ("client_secret", SECRET),
-        ])
-        .send();
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_invalid_token(&call(&e.gw, &third));
-    assert_eq!(call(&e.gw, &theirs).status, 200);
 }
 
 #[test]
@@ -554,4 +340,73 @@ fn password_from_the_environment() {
             .contains(pw),
         "the password has no business in the config file"
     );
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1, as PEM files in a temp dir.
+fn tls_files() -> (tempfile::TempDir, RedisTls) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis redis test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("redis.crt"), leaf.pem()).unwrap();
+    std::fs::write(path("redis.key"), leaf_key.serialize_pem()).unwrap();
+    let files = RedisTls {
+        cert: path("redis.crt"),
+        key: path("redis.key"),
+        ca: path("ca.pem"),
+    };
+    (dir, files)
+}
+
+#[test]
+fn rediss_with_a_private_ca() {
+    let (_dir, files) = tls_files();
+    let redis = RedisServer::start_tls(files.clone());
+    assert!(redis.url().starts_with("rediss://"));
+    let up = Upstream::start();
+    let yaml = store_config(
+        &redis_store(&redis.url(), &[("ca", &format!("\"{}\"", files.ca))]),
+        "1h",
+        &suite_clients(None),
+        &up.url(),
+    );
+    let gw = start_ready(&yaml);
+    let token = get_token(&gw, "billing", SECRET);
+    assert_eq!(call(&gw, &token).status, 200);
+    assert_eq!(
+        redis
+            .keys(&format!("portcullis:t:{}", sha256_hex(token.as_bytes())))
+            .len(),
+        1,
+        "the token was stored over TLS"
+    );
+
+    // Without the private CA the server's certificate is not trusted: never ready, 503.
+    let untrusted = Gateway::start(&store_config(
+        &redis_store(&redis.url(), &[("timeout", "200ms")]),
+        "1h",
+        &suite_clients(None),
+        &up.url(),
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let r = readyz(&untrusted);
+    assert_eq!(
+        r.status,
+        503,
+        "a Redis with an untrusted certificate should not make the gateway ready: {}",
+        r.text()
+    );
+    token_basic(&untrusted, "billing", SECRET, None)
+        .assert_error(503, Some("temporarily_unavailable"));
 }

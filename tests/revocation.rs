@@ -1,8 +1,9 @@
-//! Revocation across replicas sharing one real `redis-server`: a token revoked on replica B
-//! stops working on replica A, which had it in its in-process cache, within the contract's
-//! 100 ms (measured by A's `portcullis_revocation_lag_seconds`; the test's own polling bound is
-//! a generous 1 s), and `portcullis revoke --client` ends every live token of a client on every
-//! replica, leaving other clients alone.
+//! Revocation (RFC 7009) with the Redis store: the endpoint's answers; a token revoked on
+//! replica B stops working on replica A, which had it in its in-process cache, within the
+//! contract's 100 ms (measured by A's `portcullis_revocation_lag_seconds`; the test's own
+//! polling bound is a generous 1 s); evictions by `max_live_tokens` reach the other replica;
+//! and `portcullis revoke --client` ends every live token of a client on every replica, leaving
+//! other clients alone.
 
 mod support;
 
@@ -67,6 +68,10 @@ fn poll_until_refused(gw: &Gateway, token: &str, since: Instant) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+fn assert_invalid_token(resp: &Resp) {
+    resp.assert_error(401, Some("invalid_token"));
 }
 
 fn lag_count(gw: &Gateway) -> f64 {
@@ -194,8 +199,9 @@ fn revoke_command_ends_every_token_of_a_client_on_every_replica() {
             "another client's token was revoked"
         );
     }
-    assert!(
-        p.redis.keys("portcullis:t:*").len() == 1,
+    assert_eq!(
+        p.redis.keys("portcullis:t:*").len(),
+        1,
         "only the other client's token should be left: {:?}",
         p.redis.keys("*")
     );
@@ -203,7 +209,7 @@ fn revoke_command_ends_every_token_of_a_client_on_every_replica() {
     let fresh = get_token(&p.b, "billing", SECRET);
     assert_eq!(call(&p.a, &fresh).status, 200);
 
-    // Again, with nothing left to revoke: still a success, and it says 0.
+    // The other client's turn: its token goes, billing's new one stays.
     let out = run_cli(
         &[
             "revoke",
@@ -281,4 +287,76 @@ fn max_live_tokens_eviction_reaches_the_other_replica() {
     let done = Instant::now();
     let lag = poll_until_refused(&a, &first, done);
     println!("oldest token evicted on B refused on A after {lag:?}");
+}
+
+#[test]
+fn revocation_endpoint_follows_rfc_7009() {
+    let e = RedisEnv::start(&[], None);
+    let mine = get_token(&e.gw, "billing", SECRET);
+    let theirs = get_token(&e.gw, "other", SECRET);
+    assert_eq!(call(&e.gw, &mine).status, 200);
+    assert_eq!(call(&e.gw, &theirs).status, 200);
+
+    // Unknown and malformed tokens: 200, empty body.
+    for t in [unknown_token(), "not-a-token".to_string()] {
+        let r = revoke(&e.gw, "billing", SECRET, &t);
+        assert_eq!(r.status, 200, "revoke {t:?}: {}", r.text());
+        assert!(r.body.is_empty(), "revoke {t:?}: body {:?}", r.text());
+    }
+
+    // Another client's token: 200, and nothing happens to it.
+    let r = revoke(&e.gw, "billing", SECRET, &theirs);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.is_empty(), "{:?}", r.text());
+    assert_eq!(
+        call(&e.gw, &theirs).status,
+        200,
+        "a client revoked another client's token"
+    );
+    assert!(
+        !e.redis
+            .keys(&format!("portcullis:t:{}", sha256_hex(theirs.as_bytes())))
+            .is_empty(),
+        "the other client's token was deleted from Redis"
+    );
+
+    // Missing token parameter; wrong secret; no client authentication.
+    post(&e.gw.url("/oauth/revoke"))
+        .basic("billing", SECRET)
+        .form(&[("token_type_hint", "access_token")])
+        .send()
+        .assert_error(400, Some("invalid_request"));
+    revoke(&e.gw, "billing", "wrong-secret", &mine).assert_error(401, Some("invalid_client"));
+    post(&e.gw.url("/oauth/revoke"))
+        .form(&[("token", &mine)])
+        .send()
+        .assert_error(401, Some("invalid_client"));
+    assert_eq!(call(&e.gw, &mine).status, 200, "failed revocations revoked");
+
+    // Its own token: 200, empty body, refused afterwards, gone from Redis (token and index).
+    let hex = sha256_hex(mine.as_bytes());
+    let r = revoke(&e.gw, "billing", SECRET, &mine);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.is_empty(), "{:?}", r.text());
+    assert_invalid_token(&call(&e.gw, &mine));
+    assert!(e.redis.keys(&format!("portcullis:t:{hex}")).is_empty());
+    let members = lines(&e.redis.cli(&["ZRANGE", "portcullis:c:billing", "0", "-1"]));
+    assert!(
+        !members.contains(&hex),
+        "revoked digest still in the client index"
+    );
+    // Revoking it again is fine.
+    assert_eq!(revoke(&e.gw, "billing", SECRET, &mine).status, 200);
+    // client_secret_post works too.
+    let third = get_token(&e.gw, "billing", SECRET);
+    let r = post(&e.gw.url("/oauth/revoke"))
+        .form(&[
+            ("token", third.as_str()),
+            ("client_id", "billing"),
+            ("client_secret", SECRET),
+        ])
+        .send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_invalid_token(&call(&e.gw, &third));
+    assert_eq!(call(&e.gw, &theirs).status, 200);
 }

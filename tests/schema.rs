@@ -64,7 +64,7 @@ fn schema_refuses_what_the_loader_refuses() {
             "store:\n  redis:\n    url: redis://x\n    colour: 1\n",
             "an unknown redis key",
         ),
-        ("clients:\n  - id: a\n", "a client without secret_hash"),
+        ("clients:\n  - secret_hash: x\n", "a client without id"),
         ("tokens:\n  reuse: maybe\n", "a non-boolean"),
     ] {
         assert!(

@@ -121,9 +121,7 @@ impl Claims {
     /// obtained it, is gone; else its scopes less any the client has lost since.
     pub fn under(record: Arc<TokenRecord>, config: &Config) -> Option<Claims> {
         let client = config.clients.get(&record.client_id)?.clone();
-        if client.secret_id != record.secret_id {
-            return None;
-        }
+        client.live_secret(record.secret_id, now_ms())?;
         let rebased = (record.generation != config.generation).then(|| {
             let granted = config
                 .scopes

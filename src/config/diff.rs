@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use super::Config;
 use crate::route::{Access, Route, STANDARD_METHODS};
-use crate::secret::SecretHash;
 
 fn names(config: &Config, set: &crate::scope::ScopeSet) -> BTreeSet<String> {
     config.scopes.names(set).map(|s| s.to_string()).collect()
@@ -31,8 +30,8 @@ fn delta(before: &BTreeSet<String>, after: &BTreeSet<String>) -> String {
     parts.join(" ")
 }
 
-fn same_secret(a: &SecretHash, b: &SecretHash) -> bool {
-    a.to_config_value() == b.to_config_value()
+fn secret_ids(c: &crate::config::Client) -> BTreeSet<(u64, Option<u64>)> {
+    c.secrets.iter().map(|s| (s.id, s.expires_at_ms)).collect()
 }
 
 /// Per method (standard ones, then others, then `*`), the scopes a route requires, or
@@ -101,8 +100,19 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         if sa != sb {
             changes.push(format!("scopes {}", delta(&sa, &sb)));
         }
-        if !same_secret(&a.secret, &b.secret) {
-            changes.push("secret changed".into());
+        let (ia, ib) = (secret_ids(a), secret_ids(b));
+        if ia != ib {
+            let kept = ia.iter().filter(|s| ib.iter().any(|t| t.0 == s.0)).count();
+            changes.push(format!(
+                "secrets changed ({} removed, {} added{})",
+                ia.len() - kept,
+                ib.iter().filter(|t| !ia.iter().any(|s| s.0 == t.0)).count(),
+                if kept > 0 && ia.len() == ib.len() {
+                    ", expiry changed"
+                } else {
+                    ""
+                }
+            ));
         }
         if a.max_live_tokens != b.max_live_tokens {
             changes.push(format!(
@@ -227,7 +237,10 @@ mod tests {
         let d = diff(&old, &new).join("\n");
         assert!(d.contains("+ client b: scopes r"), "{d}");
         assert!(d.contains("- client gone"), "{d}");
-        assert!(d.contains("~ client a: scopes -w; secret changed"), "{d}");
+        assert!(
+            d.contains("~ client a: scopes -w; secrets changed (1 removed, 1 added)"),
+            "{d}"
+        );
         assert!(d.contains("+ route n: /n -> http://u PUBLIC"), "{d}");
         assert!(d.contains("- route old"), "{d}");
         assert!(d.contains("upstream http://u -> http://u2"), "{d}");

@@ -300,12 +300,29 @@ fn default_token_path() -> String {
 #[schemars(deny_unknown_fields)]
 pub(super) struct RawClient {
     pub id: String,
-    pub secret_hash: String,
+    /// The client's secret, hashed (or use `secrets` to hold several during a rotation).
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// Several secrets at once, each optionally expiring: roll a new one out, then drop the
+    /// old one.
+    #[serde(default)]
+    pub secrets: Vec<RawSecret>,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Oldest tokens are revoked past this many live ones.
     #[serde(default)]
     pub max_live_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub(super) struct RawSecret {
+    /// `sha256:<64 hex>` or an argon2id PHC string.
+    pub hash: String,
+    /// `YYYY-MM-DD` (expires at 00:00 UTC that day) or an RFC 3339 UTC time
+    /// (`2027-01-31T12:00:00Z`); absent: never.
+    #[serde(default)]
+    pub expires: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -17,12 +17,14 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// What identifies one version of the file without reading it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Stamp {
+pub struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
 }
 
-fn stamp(path: &PathBuf) -> Option<Stamp> {
+/// The file's stamp now. Take it before the first load, so an edit between that load and
+/// the watcher's start is still seen.
+pub fn stamp(path: &PathBuf) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some(Stamp {
         modified: meta.modified().ok(),
@@ -43,6 +45,7 @@ pub enum Trigger {
 /// invalid one to `rejected`.
 pub async fn watch_config(
     path: PathBuf,
+    loaded_at: Option<Stamp>,
     mut stop: watch::Receiver<bool>,
     apply: impl Fn(Loaded, Trigger),
     rejected: impl Fn(&ConfigErrors, Trigger),
@@ -54,7 +57,7 @@ pub async fn watch_config(
             None
         }
     };
-    let mut seen = stamp(&path);
+    let mut seen = loaded_at;
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

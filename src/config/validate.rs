@@ -11,7 +11,10 @@ use http::uri::{Scheme, Uri};
 use http::{HeaderValue, Method};
 
 use super::raw::{RawClient, RawConfig, RawRedis, RawRoute, RawStore};
-use super::{Client, Config, LogSettings, RedisSettings, ServerLimits, StoreKind, TokenSettings};
+use super::{
+    Client, ClientSecret, Config, LogSettings, RedisSettings, ServerLimits, StoreKind,
+    TokenSettings,
+};
 use sha2::Digest;
 
 use crate::proxy;
@@ -60,6 +63,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Ok(total)
+}
+
+/// `YYYY-MM-DD` (00:00 UTC) or `YYYY-MM-DDTHH:MM:SSZ`, as Unix ms.
+fn parse_expiry(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let secs_of_day = match b.len() {
+        10 => 0,
+        20 if b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z' => {
+            let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+            if h > 23 || mi > 59 || s > 59 {
+                return None;
+            }
+            h * 3600 + mi * 60 + s
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some((days * 86_400 + secs_of_day) * 1000)
 }
 
 /// Client ids travel in headers and metric labels: visible ASCII only.
@@ -418,12 +458,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
 
     // An unknown client id is checked against this, so it costs what a wrong secret costs
     // for the kind of hash most clients use.
-    let slow = clients.values().filter(|c| c.secret.is_slow()).count();
+    let slow = clients.values().filter(|c| c.has_slow_secret()).count();
     let dummy_secret = if slow * 2 > clients.len() {
         clients
             .values()
-            .find(|c| c.secret.is_slow())
-            .map(|c| c.secret.clone())
+            .flat_map(|c| c.secrets.iter())
+            .find(|s| s.hash.is_slow())
+            .map(|s| s.hash.clone())
             .unwrap_or_else(|| SecretHash::sha256_of(b"unknown-client"))
     } else {
         SecretHash::sha256_of(b"unknown-client")
@@ -482,13 +523,64 @@ fn validate_clients(
             errors.push((at("id"), format!("duplicate client id {:?}", c.id)));
             continue;
         }
-        let secret = match SecretHash::parse(&c.secret_hash) {
-            Ok(s) => s,
-            Err(e) => {
-                errors.push((at("secret_hash"), format!("client {:?}: {e}", c.id)));
-                continue;
-            }
-        };
+        let mut secrets = Vec::new();
+        let mut secrets_ok = true;
+        let listed = c
+            .secret_hash
+            .iter()
+            .map(|h| (at("secret_hash"), h.as_str(), None))
+            .chain(c.secrets.iter().enumerate().map(|(j, s)| {
+                (
+                    format!("clients[{i}].secrets[{j}]"),
+                    s.hash.as_str(),
+                    Some((
+                        format!("clients[{i}].secrets[{j}].expires"),
+                        s.expires.as_deref(),
+                    )),
+                )
+            }));
+        for (path, hash, expiry) in listed {
+            let hash = match SecretHash::parse(hash) {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push((path, format!("client {:?}: {e}", c.id)));
+                    secrets_ok = false;
+                    continue;
+                }
+            };
+            let expires_at_ms = match expiry {
+                Some((epath, Some(text))) => match parse_expiry(text) {
+                    Some(ms) => Some(ms),
+                    None => {
+                        errors.push((
+                            epath,
+                            format!("expires {text:?} must be YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"),
+                        ));
+                        secrets_ok = false;
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            let fingerprint = sha2::Sha256::digest(hash.to_config_value().as_bytes());
+            let id = u64::from_be_bytes(fingerprint[..8].try_into().expect("8 bytes"));
+            secrets.push(ClientSecret {
+                label: crate::secret::encode_hex(&fingerprint[..4]).into(),
+                hash,
+                id,
+                expires_at_ms,
+            });
+        }
+        if secrets_ok && secrets.is_empty() {
+            errors.push((
+                at("id"),
+                format!("client {:?} needs `secret_hash` or `secrets`", c.id),
+            ));
+            continue;
+        }
+        if !secrets_ok {
+            continue;
+        }
         let mut ok = true;
         for (j, s) in c.scopes.iter().enumerate() {
             if !is_scope_token(s) {
@@ -510,13 +602,11 @@ fn validate_clients(
             continue;
         }
         let id: Arc<str> = Arc::from(c.id.as_str());
-        let fingerprint = sha2::Sha256::digest(secret.to_config_value().as_bytes());
         let client = Client {
-            secret_id: u64::from_be_bytes(fingerprint[..8].try_into().expect("8 bytes")),
             max_live_tokens: c.max_live_tokens,
             id_header: HeaderValue::from_str(&c.id).expect("checked visible ASCII"),
             id: id.clone(),
-            secret,
+            secrets,
             scopes: scopes.intern_set(c.scopes.iter().map(String::as_str)),
         };
         clients.insert(id, Arc::new(client));
@@ -727,6 +817,27 @@ mod tests {
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
         for bad in ["", "s", "10", "5 parsecs", "1.5h", "-1s", "1H", "1hh"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn expiries() {
+        assert_eq!(parse_expiry("1970-01-01"), Some(0));
+        assert_eq!(parse_expiry("2000-03-01"), Some(951_868_800_000));
+        assert_eq!(parse_expiry("2027-01-31"), Some(1_801_353_600_000));
+        assert_eq!(
+            parse_expiry("2027-01-31T12:00:00Z"),
+            Some(1_801_353_600_000 + 43_200_000)
+        );
+        for bad in [
+            "2027-13-01",
+            "2027-1-1",
+            "31/01/2027",
+            "2027-01-31T25:00:00Z",
+            "2027-01-31 12:00",
+            "",
+        ] {
+            assert_eq!(parse_expiry(bad), None, "{bad}");
         }
     }
 

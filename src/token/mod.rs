@@ -20,7 +20,7 @@ use crate::config::{Client, Config};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ROUTE_TOKEN, TOKEN_ERRORS};
 use crate::scope::ScopeSet;
-use crate::secret::random_bytes;
+use crate::secret::{random_bytes, SecretHash};
 use crate::store::{now_ms, Store, TokenDigest, TokenRecord, TokenStore};
 
 use request::{client_credentials, parse_form, TokenForm};
@@ -82,6 +82,8 @@ pub async fn handle(
     cx: TokenContext<'_>,
 ) -> Response<Body> {
     let mut outcome = Outcome::route(ROUTE_TOKEN.into());
+    // The endpoint paths are exact matches, so the request path is already normal.
+    outcome.path = Some(Arc::from(req.uri().path()));
     let out = match read_form(req).await {
         Ok((headers, form)) => match endpoint {
             Endpoint::Token => issue(&headers, form, &cx, &mut outcome).await,
@@ -148,31 +150,75 @@ async fn read_form(req: Request<Incoming>) -> Result<(HeaderMap, TokenForm), Gat
     Ok((parts.headers, parse_form(&body)?))
 }
 
-/// RFC 6749 2.3.1 client authentication, constant time, one answer for every failure.
-/// Returns the client and the secret it presented (for sealing a reusable token).
+/// A client that proved it holds one of its live secrets.
+struct Authenticated {
+    client: Arc<Client>,
+    /// Fingerprint of the secret that matched.
+    secret_id: u64,
+    /// The secret as presented (for sealing a reusable token).
+    presented: Vec<u8>,
+}
+
+/// RFC 6749 2.3.1 client authentication, constant time, one answer for every failure. Every
+/// live secret of the client is checked, whichever matches, so timing does not tell which.
 async fn authenticate_client(
     headers: &HeaderMap,
     form: &mut TokenForm,
     cx: &TokenContext<'_>,
-) -> Result<(Arc<Client>, Vec<u8>), GatewayError> {
+) -> Result<Authenticated, GatewayError> {
     let creds = client_credentials(headers, form)?;
     let config = cx.config;
     let client = config.clients.get(creds.id.as_str()).cloned();
-    let secret = match &client {
-        Some(c) => c.secret.clone(),
-        None => config.dummy_secret.clone(),
+    let now = now_ms();
+    let candidates: Vec<(u64, SecretHash)> = match &client {
+        Some(c) => c
+            .secrets
+            .iter()
+            .filter(|s| s.live(now))
+            .map(|s| (s.id, s.hash.clone()))
+            .collect(),
+        None => Vec::new(),
     };
     let presented = creds.secret.into_bytes();
-    let verified = if secret.is_slow() {
-        let p = presented.clone();
-        tokio::task::spawn_blocking(move || secret.verify(&p))
-            .await
-            .unwrap_or(false)
-    } else {
-        secret.verify(&presented)
+    let check = {
+        let presented = presented.clone();
+        let dummy = config.dummy_secret.clone();
+        move || {
+            if candidates.is_empty() {
+                // Unknown client, or no live secret: the same work as a wrong secret.
+                dummy.verify(&presented);
+                return None;
+            }
+            let mut matched = None;
+            for (id, hash) in &candidates {
+                if hash.verify(&presented) && matched.is_none() {
+                    matched = Some(*id);
+                }
+            }
+            matched
+        }
     };
-    match client {
-        Some(c) if verified => Ok((c, presented)),
+    let slow =
+        client.as_ref().is_some_and(|c| c.has_slow_secret()) || config.dummy_secret.is_slow();
+    let matched = if slow {
+        tokio::task::spawn_blocking(check).await.unwrap_or(None)
+    } else {
+        check()
+    };
+    match (client, matched) {
+        (Some(client), Some(secret_id)) => {
+            if let Some(s) = client.secrets.iter().find(|s| s.id == secret_id) {
+                cx.metrics
+                    .secret_last_used
+                    .with_label_values(&[&client.id, &s.label])
+                    .set(now as f64 / 1000.0);
+            }
+            Ok(Authenticated {
+                client,
+                secret_id,
+                presented,
+            })
+        }
         _ => {
             tracing::warn!(client_id = %creds.id, peer = %cx.peer, "client authentication failed");
             Err(GatewayError::InvalidClient)
@@ -200,7 +246,11 @@ async fn issue(
         Some("client_credentials") => {}
         Some(_) => return Err(GatewayError::UnsupportedGrantType),
     }
-    let (client, secret) = authenticate_client(headers, &mut form, cx).await?;
+    let Authenticated {
+        client,
+        secret_id,
+        presented: secret,
+    } = authenticate_client(headers, &mut form, cx).await?;
     outcome.client = Some(client.id.clone());
     let config = cx.config;
 
@@ -230,8 +280,12 @@ async fn issue(
     let now = now_ms();
     let scope_text = names.join(" ");
     // Sealing needs a high-entropy secret (see token::reuse).
-    let reuse_key = (config.tokens.reuse && !client.secret.is_slow())
-        .then(|| reuse::reuse_key(&client.id, &scope_text));
+    let slow_secret = client
+        .secrets
+        .iter()
+        .any(|s| s.id == secret_id && s.hash.is_slow());
+    let reuse_key =
+        (config.tokens.reuse && !slow_secret).then(|| reuse::reuse_key(&client.id, &scope_text));
     if let Some(key) = &reuse_key {
         if let Some(found) = reusable(key, &secret, &client.id, now, cx).await? {
             return Ok(found);
@@ -241,7 +295,7 @@ async fn issue(
     let expires = now + ttl.as_millis() as u64;
     let record = Arc::new(TokenRecord::new(
         client.id.clone(),
-        client.secret_id,
+        secret_id,
         names,
         now,
         expires,
@@ -323,7 +377,7 @@ async fn revoke(
     cx: &TokenContext<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
-    let (client, _) = authenticate_client(headers, &mut form, cx).await?;
+    let client = authenticate_client(headers, &mut form, cx).await?.client;
     outcome.client = Some(client.id.clone());
     let token = form.token.ok_or(GatewayError::InvalidRequest(
         "the token parameter is missing",
@@ -358,7 +412,7 @@ async fn introspect(
     cx: &TokenContext<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
-    let (client, _) = authenticate_client(headers, &mut form, cx).await?;
+    let client = authenticate_client(headers, &mut form, cx).await?.client;
     outcome.client = Some(client.id.clone());
     let token = form.token.ok_or(GatewayError::InvalidRequest(
         "the token parameter is missing",

@@ -83,6 +83,15 @@ fn answers_ping(port: u16) -> bool {
     }
 }
 
+/// PEM files for a TLS-only server (`rediss://`): its certificate and key, and the CA that
+/// `redis-cli` trusts.
+#[derive(Clone, Debug)]
+pub struct RedisTls {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
 /// One `redis-server` child process.
 pub struct RedisServer {
     child: Option<Child>,
@@ -90,6 +99,7 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     extra: Vec<String>,
     password: Option<String>,
+    tls: Option<RedisTls>,
 }
 
 impl RedisServer {
@@ -116,7 +126,28 @@ impl RedisServer {
         Self::try_start(port, &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A server that speaks only TLS on a free port (`--port 0 --tls-port P`), not asking
+    /// clients for certificates.
+    pub fn start_tls(tls: RedisTls) -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start_tls(free_port(), &[], Some(tls.clone())) {
+                Ok(s) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server (TLS) did not start: {last}");
+    }
+
     fn try_start(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
+        Self::try_start_tls(port, extra, None)
+    }
+
+    fn try_start_tls(
+        port: u16,
+        extra: &[&str],
+        tls: Option<RedisTls>,
+    ) -> Result<RedisServer, String> {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-redis-")
             .tempdir()
@@ -132,6 +163,7 @@ impl RedisServer {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             password,
+            tls,
         };
         server.spawn()?;
         Ok(server)
@@ -139,9 +171,15 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        match &self.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(t) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .args(["--tls-cert-file", &t.cert, "--tls-key-file", &t.key])
+                .args(["--tls-ca-cert-file", &t.ca, "--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -156,7 +194,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + REDIS_START_TIMEOUT;
         loop {
-            if answers_ping(self.port) {
+            if self.answers_ping() {
                 return Ok(());
             }
             let exited = self
@@ -183,9 +221,27 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    fn answers_ping(&self) -> bool {
+        match &self.tls {
+            None => answers_ping(self.port),
+            // Through redis-cli, which speaks TLS; only once the port accepts connections.
+            Some(_) => {
+                StdTcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                    && run_bounded(self.cli_command(&["PING"]), REDIS_CLI_TIMEOUT)
+                        .stdout
+                        .starts_with(b"PONG")
+            }
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/0`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -247,9 +303,22 @@ impl RedisServer {
         panic!("redis-server did not restart on port {}: {last}", self.port);
     }
 
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = cli_command(self.port, self.password.as_deref(), args);
+        if let Some(t) = &self.tls {
+            // Before the command's own arguments.
+            let mut with_tls = Command::new("redis-cli");
+            with_tls
+                .args(["--tls", "--cacert", &t.ca])
+                .args(cmd.get_args());
+            cmd = with_tls;
+        }
+        cmd
+    }
+
     /// Runs `redis-cli -p PORT ARGS...` and returns its stdout; panics when it fails.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, self.password.as_deref(), args)
+        cli_output(self.cli_command(args), self.port, args)
     }
 
     /// Every key of database 0 (`--scan`, so never a blocking `KEYS`).
@@ -274,14 +343,22 @@ pub fn lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// `redis-cli -h 127.0.0.1 -p PORT ARGS...`, bounded; stdout on success.
-pub fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+fn cli_command(port: u16, password: Option<&str>, args: &[&str]) -> Command {
     let mut cmd = Command::new("redis-cli");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     if let Some(p) = password {
         cmd.args(["-a", p, "--no-auth-warning"]);
     }
     cmd.args(args);
+    cmd
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT ARGS...`, bounded; stdout on success.
+pub fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    cli_output(cli_command(port, password, args), port, args)
+}
+
+fn cli_output(cmd: Command, port: u16, args: &[&str]) -> String {
     let out = run_bounded(cmd, REDIS_CLI_TIMEOUT);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use super::{client_yaml, get, post, Gateway, Resp};
+use super::{client_yaml, get, post, Gateway, RedisServer, Resp, Upstream};
 
 /// Secret of every client in the Redis suite.
 pub const SECRET: &str = "a-long-enough-client-secret-for-redis-tests-01";
@@ -59,6 +59,30 @@ pub fn store_config(store: &str, ttl: &str, clients: &str, upstream: &str) -> St
     format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{store}tokens:\n  ttl: {ttl}\n  token_path: /oauth/token\nclients:\n{clients}routes:\n  - id: api\n    path: /api\n    upstream: {upstream}\n    scopes:\n      read: [a]\n      write: [a]\n"
     )
+}
+
+/// A recording upstream, a fresh Redis, and a ready gateway on both (the suite's clients, TTL
+/// 1h, route `/api`).
+pub struct RedisEnv {
+    pub up: Upstream,
+    pub redis: RedisServer,
+    pub gw: Gateway,
+}
+
+impl RedisEnv {
+    /// With extra `store.redis` settings and an optional `max_live_tokens` for `billing`.
+    pub fn start(extra: &[(&str, &str)], billing_max_live: Option<u32>) -> RedisEnv {
+        let up = Upstream::start();
+        let redis = RedisServer::start();
+        let yaml = store_config(
+            &redis_store(&redis.url(), extra),
+            "1h",
+            &suite_clients(billing_max_live),
+            &up.url(),
+        );
+        let gw = start_ready(&yaml);
+        RedisEnv { up, redis, gw }
+    }
 }
 
 /// Polls `f` every `every` until it is true or `timeout` passes; whether it became true.
