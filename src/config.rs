@@ -157,6 +157,8 @@ pub struct Client {
     pub id_header: HeaderValue,
     /// Past this many live tokens, the oldest are revoked.
     pub max_live_tokens: Option<u32>,
+    /// Its rate limit and limiter key (`c:<id>`).
+    pub rate_limit: Option<(crate::limit::Rate, Arc<str>)>,
 }
 
 /// One secret of a client.

@@ -60,6 +60,20 @@ pub enum GatewayError {
     /// The token store cannot answer (503).
     #[error("token store unavailable")]
     StoreUnavailable,
+    /// Over a rate limit (429); how long to wait, and the burst size.
+    #[error("rate limited")]
+    RateLimited {
+        /// Until the next request may pass.
+        retry_after: std::time::Duration,
+        /// The burst size (`RateLimit-Limit`).
+        limit: u32,
+    },
+    /// Too many failed client authentications from this source (429).
+    #[error("too many failed client authentications")]
+    TooManyFailures {
+        /// Until the source may try again.
+        retry_after: std::time::Duration,
+    },
 }
 
 const BEARER: HeaderValue = HeaderValue::from_static("Bearer realm=\"portcullis\"");
@@ -87,6 +101,9 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
             GatewayError::StoreUnavailable => "temporarily_unavailable",
+            GatewayError::RateLimited { .. } | GatewayError::TooManyFailures { .. } => {
+                "too_many_requests"
+            }
         }
     }
 
@@ -119,6 +136,10 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => "the upstream service could not be reached",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::StoreUnavailable => "the token store is unavailable; retry later",
+            GatewayError::RateLimited { .. } => "rate limit exceeded; retry after the time given",
+            GatewayError::TooManyFailures { .. } => {
+                "too many failed authentications; retry after the time given"
+            }
         }
     }
 
@@ -141,6 +162,9 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimited { .. } | GatewayError::TooManyFailures { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -184,6 +208,18 @@ impl GatewayError {
             }
             GatewayError::StoreUnavailable => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::RateLimited { retry_after, limit } => {
+                // Whole seconds, rounded up: never invite a retry that will be refused.
+                let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+                h.insert(RETRY_AFTER, HeaderValue::from(secs));
+                h.insert("ratelimit-limit", HeaderValue::from(limit));
+                h.insert("ratelimit-remaining", HeaderValue::from(0u32));
+                h.insert("ratelimit-reset", HeaderValue::from(secs));
+            }
+            GatewayError::TooManyFailures { retry_after } => {
+                let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+                h.insert(RETRY_AFTER, HeaderValue::from(secs));
             }
             _ => {}
         }

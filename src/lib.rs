@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod request_id;

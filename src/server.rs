@@ -160,6 +160,8 @@ pub async fn run(config: Config) -> io::Result<Running> {
         store,
         metrics,
         access_sampled: Arc::default(),
+        limiter: Default::default(),
+        guard: Default::default(),
     });
     let admin = Arc::new(AdminState {
         shared: shared.clone(),
@@ -229,6 +231,7 @@ async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        shared.guard.sweep(now_ms());
         let gauge = &shared.metrics.live_tokens;
         match &shared.store {
             Store::Memory(m) => {

@@ -26,6 +26,7 @@ use crate::auth;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::limit::{Rate, Verdict};
 use crate::metrics::{Metrics, MetricsLayer, MetricsService, ROUTE_METADATA, ROUTE_NONE};
 use crate::proxy;
 use crate::request_id::{RequestIdLayer, RequestIdService};
@@ -41,6 +42,10 @@ pub struct Shared {
     pub store: Store,
     /// Metric families.
     pub metrics: Arc<Metrics>,
+    /// Rate-limit state of this replica (and the fallback when Redis is down).
+    pub limiter: crate::limit::Limiter,
+    /// Failed client authentications, for brute-force protection.
+    pub guard: token::guard::FailureGuard,
     /// Successful requests seen by the access-log sampler, across connections.
     pub access_sampled: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -118,6 +123,7 @@ async fn handle(
             config: &config,
             store: &shared.store,
             metrics: &shared.metrics,
+            guard: &shared.guard,
             peer,
         };
         // Sets its own outcome: only it knows which client authenticated.
@@ -146,6 +152,17 @@ async fn handle(
     }
 }
 
+/// One rate-limit check; over the limit is a 429.
+async fn limit(shared: &Shared, key: &Arc<str>, rate: &Rate) -> Result<(), GatewayError> {
+    match shared.limiter.check(&shared.store, key, rate).await {
+        Verdict::Allowed { .. } => Ok(()),
+        Verdict::Limited { retry_after } => Err(GatewayError::RateLimited {
+            retry_after,
+            limit: rate.burst,
+        }),
+    }
+}
+
 /// Normalize, route, authenticate, check method and scopes, forward. Fills `outcome` as it
 /// learns (route, client, path, upstream time) so refusals are logged and counted with it.
 async fn protected(
@@ -166,7 +183,12 @@ async fn protected(
     outcome.route = route.id.clone();
     let metrics = &shared.metrics;
     let (res, upstream) = match &route.access {
-        Access::Public => proxy::forward(route, &path, req, peer, proto, None, metrics).await?,
+        Access::Public => {
+            if let Some((rate, key)) = &route.rate_limit {
+                limit(shared, key, rate).await?;
+            }
+            proxy::forward(route, &path, req, peer, proto, None, metrics).await?
+        }
         Access::Protected(methods) => {
             let claims = auth::authenticate(req.headers(), &shared.store, config).await?;
             outcome.client = Some(claims.client.id.clone());
@@ -175,6 +197,12 @@ async fn protected(
                 .ok_or_else(|| GatewayError::MethodNotAllowed(methods.allow.clone()))?;
             if !required.scopes.is_subset_of(claims.scopes()) {
                 return Err(GatewayError::InsufficientScope(required.challenge.clone()));
+            }
+            if let Some((rate, key)) = &claims.client.rate_limit {
+                limit(shared, key, rate).await?;
+            }
+            if let Some((rate, key)) = &route.rate_limit {
+                limit(shared, key, rate).await?;
             }
             let identity = (&claims.client.id_header, claims.scope_header());
             proxy::forward(route, &path, req, peer, proto, Some(identity), metrics).await?

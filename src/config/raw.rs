@@ -312,6 +312,19 @@ pub(super) struct RawClient {
     /// Oldest tokens are revoked past this many live ones.
     #[serde(default)]
     pub max_live_tokens: Option<u32>,
+    /// Requests this client may make through the gateway.
+    #[serde(default)]
+    pub rate_limit: Option<RawRate>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub(super) struct RawRate {
+    /// Sustained requests per second (may be fractional: 0.5 = one every 2 s).
+    pub per_second: f64,
+    /// Requests allowed at once above the sustained rate (default: per_second, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -345,6 +358,9 @@ pub(super) struct RawRoute {
     /// Let HTTP/1.1 `Upgrade` requests (WebSocket) through, after the token and scope check.
     #[serde(default)]
     pub websocket: bool,
+    /// Requests this route takes from all clients together.
+    #[serde(default)]
+    pub rate_limit: Option<RawRate>,
     #[serde(default = "default_timeout")]
     pub timeout: String,
     #[serde(default)]

@@ -65,6 +65,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+fn rate(raw: &super::raw::RawRate, path: String, errors: &mut Found) -> Option<crate::limit::Rate> {
+    if !(raw.per_second.is_finite() && raw.per_second > 0.0 && raw.per_second <= 1e6) {
+        errors.push((
+            format!("{path}.per_second"),
+            "per_second must be above 0 (and at most 1000000)".into(),
+        ));
+        return None;
+    }
+    let burst = raw
+        .burst
+        .unwrap_or_else(|| raw.per_second.ceil().max(1.0) as u32);
+    if burst == 0 {
+        errors.push((format!("{path}.burst"), "burst must be at least 1".into()));
+        return None;
+    }
+    Some(crate::limit::Rate {
+        per_second: raw.per_second,
+        burst,
+    })
+}
+
 /// `YYYY-MM-DD` (00:00 UTC) or `YYYY-MM-DDTHH:MM:SSZ`, as Unix ms.
 fn parse_expiry(text: &str) -> Option<u64> {
     let b = text.as_bytes();
@@ -601,8 +622,16 @@ fn validate_clients(
             ));
             continue;
         }
+        let rate_limit = match &c.rate_limit {
+            Some(r) => match rate(r, at("rate_limit"), errors) {
+                Some(rate) => Some((rate, Arc::from(format!("c:{}", c.id)))),
+                None => continue,
+            },
+            None => None,
+        };
         let id: Arc<str> = Arc::from(c.id.as_str());
         let client = Client {
+            rate_limit,
             max_live_tokens: c.max_live_tokens,
             id_header: HeaderValue::from_str(&c.id).expect("checked visible ASCII"),
             id: id.clone(),
@@ -651,6 +680,10 @@ fn validate_routes(
             Ok(()) => {}
         }
         let upstream = parse_upstream(&r.upstream).map_err(|e| (at("upstream"), e));
+        let route_rate = r
+            .rate_limit
+            .as_ref()
+            .map(|raw| rate(raw, at("rate_limit"), errors));
         if r.websocket && r.upstream_http2 {
             errors.push((
                 at("websocket"),
@@ -720,6 +753,9 @@ fn validate_routes(
                 preserve_host: r.preserve_host,
                 upstream_http2: r.upstream_http2,
                 websocket: r.websocket,
+                rate_limit: route_rate
+                    .flatten()
+                    .map(|rate| (rate, Arc::from(format!("r:{}", r.id)))),
                 client,
                 timeout,
                 access,

@@ -121,6 +121,8 @@ pub struct Route {
     pub upstream_http2: bool,
     /// Pass HTTP/1.1 upgrades (WebSocket) through.
     pub websocket: bool,
+    /// The route's rate limit and limiter key (`r:<id>`).
+    pub rate_limit: Option<(crate::limit::Rate, Arc<str>)>,
     /// The pooled client for this upstream's trust roots and protocol.
     pub client: Arc<crate::proxy::UpstreamClient>,
     /// Upstream response-head timeout.
@@ -240,6 +242,7 @@ mod tests {
             preserve_host: false,
             upstream_http2: false,
             websocket: false,
+            rate_limit: None,
             client: crate::proxy::client_for(
                 crate::proxy::ClientKey {
                     ca: None,

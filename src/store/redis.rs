@@ -20,7 +20,9 @@ use prometheus::IntCounter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError, TlsCertificates};
+use redis::{
+    Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError, ScriptInvocation, TlsCertificates,
+};
 
 use super::digest_map::DigestMap;
 use super::{now_ms, StoreError, TokenDigest, TokenRecord, TokenStore};
@@ -48,7 +50,18 @@ impl Conn {
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
         }
     }
+
+    async fn eval<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, RedisError> {
+        match self {
+            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+        }
+    }
 }
+
+/// Once Redis has been failing this long, requests stop waiting on it (the health check
+/// keeps probing and lets them through again as soon as it answers).
+const FAIL_FAST_AFTER_MS: u64 = 500;
 
 #[derive(Clone)]
 struct Cached {
@@ -270,6 +283,41 @@ impl RedisStore {
 
     /// Runs one command with the configured timeout, recording latency and errors.
     async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, StoreError> {
+        self.call(op, false, |conn| async move { conn.query::<T>(cmd).await })
+            .await
+    }
+
+    /// Runs a Lua script, bounded like every other call.
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.call(
+            "eval",
+            false,
+            |conn| async move { conn.eval::<T>(inv).await },
+        )
+        .await
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.settings.key_prefix
+    }
+
+    /// Whether Redis has been failing long enough that requests should not wait on it.
+    fn failing_fast(&self) -> bool {
+        let since = self.down_since_ms.load(Ordering::Acquire);
+        !self.healthy.load(Ordering::Acquire)
+            && since != 0
+            && now_ms().saturating_sub(since) > FAIL_FAST_AFTER_MS
+    }
+
+    async fn call<T, F, Fut>(&self, op: &'static str, probe: bool, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
         let Some(conn) = self.conn.load_full() else {
             self.metrics
                 .store_errors
@@ -277,8 +325,15 @@ impl RedisStore {
                 .inc();
             return Err(StoreError::Unavailable("not connected to redis".into()));
         };
+        if !probe && self.failing_fast() {
+            self.metrics
+                .store_errors
+                .with_label_values(&["connection"])
+                .inc();
+            return Err(StoreError::Unavailable("redis is down".into()));
+        }
         let start = Instant::now();
-        let out = tokio::time::timeout(self.settings.timeout, conn.query::<T>(cmd)).await;
+        let out = tokio::time::timeout(self.settings.timeout, f(conn)).await;
         self.metrics
             .store_duration
             .with_label_values(&[op])
@@ -324,7 +379,12 @@ impl RedisStore {
             if store.conn.load().is_some() {
                 // The connection objects reconnect by themselves; the ping keeps the health
                 // flag true to what Redis does right now.
-                let _ = store.run::<String>("ping", &redis::cmd("PING")).await;
+                let ping = redis::cmd("PING");
+                let _ = store
+                    .call("ping", true, |conn| async move {
+                        conn.query::<String>(&ping).await
+                    })
+                    .await;
                 drop(store);
                 tokio::time::sleep(HEALTH_EVERY).await;
             } else {

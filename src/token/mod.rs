@@ -1,6 +1,7 @@
 //! The token endpoint (RFC 6749 4.4 client credentials) and the RFC 8414 discovery document.
 //! Off the per-request proxy path, so plain async code with owned data is fine here.
 
+pub mod guard;
 pub mod request;
 pub mod reuse;
 
@@ -71,6 +72,8 @@ pub struct TokenContext<'a> {
     pub store: &'a Store,
     /// Where counts go.
     pub metrics: &'a Metrics,
+    /// Brute-force protection.
+    pub guard: &'a guard::FailureGuard,
     /// The caller, for logs.
     pub peer: SocketAddr,
 }
@@ -167,9 +170,14 @@ async fn authenticate_client(
     cx: &TokenContext<'_>,
 ) -> Result<Authenticated, GatewayError> {
     let creds = client_credentials(headers, form)?;
+    let now = now_ms();
+    let source = cx.peer.ip();
+    if let Err(retry_after) = cx.guard.check(&creds.id, source, now) {
+        tracing::warn!(client_id = %creds.id, peer = %cx.peer, "client authentication refused: too many failures");
+        return Err(GatewayError::TooManyFailures { retry_after });
+    }
     let config = cx.config;
     let client = config.clients.get(creds.id.as_str()).cloned();
-    let now = now_ms();
     let candidates: Vec<(u64, SecretHash)> = match &client {
         Some(c) => c
             .secrets
@@ -207,6 +215,7 @@ async fn authenticate_client(
     };
     match (client, matched) {
         (Some(client), Some(secret_id)) => {
+            cx.guard.succeeded(&creds.id, source);
             if let Some(s) = client.secrets.iter().find(|s| s.id == secret_id) {
                 cx.metrics
                     .secret_last_used
@@ -221,6 +230,10 @@ async fn authenticate_client(
         }
         _ => {
             tracing::warn!(client_id = %creds.id, peer = %cx.peer, "client authentication failed");
+            let delay = cx.guard.failed(&creds.id, source, now);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             Err(GatewayError::InvalidClient)
         }
     }
