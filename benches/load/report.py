@@ -90,7 +90,8 @@ def main():
         f"wrk -t{env.get('wrk_threads', '?')} -c{env.get('connections', '?')} "
         f"-d{env.get('duration', '?')} --latency, medians of {env.get('rounds', '?')} alternated "
         f"rounds; upstream: nginx `return 200` with {env.get('upstream_workers', '?')} worker(s). "
-        "N = nginx worker_processes = portcullis tokio worker threads."
+        "N = nginx worker_processes = portcullis tokio worker threads. Access logs: nginx off, "
+        f"portcullis {env.get('access_log', '?')}."
     )
     print()
     print(
