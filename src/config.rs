@@ -159,6 +159,32 @@ pub struct Client {
     pub max_live_tokens: Option<u32>,
     /// Its rate limit and limiter key (`c:<id>`).
     pub rate_limit: Option<(crate::limit::Rate, Arc<str>)>,
+    /// All of its scopes as a grant, built once and shared by every token that gets them all
+    /// (the common case), so a token costs one allocation.
+    pub full_grant: Grant,
+}
+
+/// A granted scope set in the three forms tokens carry.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Names, in registry order.
+    pub names: Arc<[Arc<str>]>,
+    /// Bits of this snapshot.
+    pub bits: ScopeSet,
+    /// `X-Client-Scopes`.
+    pub header: HeaderValue,
+}
+
+impl Grant {
+    /// The grant of `bits` in `registry`.
+    pub fn of(bits: ScopeSet, registry: &ScopeRegistry) -> Grant {
+        Grant {
+            names: registry.names(&bits).cloned().collect(),
+            header: HeaderValue::from_str(&registry.join(&bits))
+                .unwrap_or(HeaderValue::from_static("")),
+            bits,
+        }
+    }
 }
 
 /// One secret of a client.

@@ -11,6 +11,9 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
 use crate::secret::{encode_hex, random_bytes};
 
 /// `X-Request-Id`.
@@ -30,8 +33,17 @@ pub fn is_well_formed(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'@'))
 }
 
+/// Ids need to be unique, not secret: a random 64-bit prefix drawn once per process and a
+/// counter, so no system call per request.
 fn generate() -> HeaderValue {
-    HeaderValue::from_str(&encode_hex(&random_bytes::<16>())).expect("hex is a valid header")
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| u64::from_le_bytes(random_bytes::<8>()));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&prefix.to_be_bytes());
+    bytes[8..].copy_from_slice(&n.to_be_bytes());
+    HeaderValue::from_str(&encode_hex(&bytes)).expect("hex is a valid header")
 }
 
 /// Sets the request id on the request (for the upstream and the log) and on the response.
@@ -123,5 +135,6 @@ mod tests {
             );
         }
         assert_eq!(generate().len(), 32);
+        assert_ne!(generate(), generate());
     }
 }

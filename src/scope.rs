@@ -13,21 +13,23 @@ pub fn is_scope_token(name: &str) -> bool {
 }
 
 /// A set of scopes as bits, indexed by a [`ScopeRegistry`] of the same config snapshot.
+/// Shared, so tokens with the same grant share one allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScopeSet {
-    words: Box<[u64]>,
+    words: std::sync::Arc<[u64]>,
 }
 
 impl ScopeSet {
-    fn with_bit(mut self, index: usize) -> Self {
+    fn with_bit(self, index: usize) -> Self {
         let word = index / 64;
-        if self.words.len() <= word {
-            let mut words = self.words.into_vec();
+        let mut words = self.words.to_vec();
+        if words.len() <= word {
             words.resize(word + 1, 0);
-            self.words = words.into_boxed_slice();
         }
-        self.words[word] |= 1 << (index % 64);
-        self
+        words[word] |= 1 << (index % 64);
+        ScopeSet {
+            words: words.into(),
+        }
     }
 
     /// True when every scope of `self` is also in `other`.

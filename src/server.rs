@@ -235,7 +235,14 @@ async fn sweep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let gauge = &shared.metrics.live_tokens;
         match &shared.store {
             Store::Memory(m) => {
-                let dropped = m.sweep(now_ms());
+                // Millions of tokens take a while to walk: not on an async worker.
+                let worker = shared.clone();
+                let dropped = tokio::task::spawn_blocking(move || match &worker.store {
+                    Store::Memory(m) => m.sweep(now_ms()),
+                    Store::Redis(_) => 0,
+                })
+                .await
+                .unwrap_or(0);
                 if dropped > 0 {
                     tracing::debug!(dropped, "expired tokens swept");
                 }

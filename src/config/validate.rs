@@ -11,6 +11,7 @@ use http::uri::{Scheme, Uri};
 use http::{HeaderValue, Method};
 
 use super::raw::{RawClient, RawConfig, RawRedis, RawRoute, RawStore};
+use super::Grant;
 use super::{
     Client, ClientSecret, Config, LogSettings, RedisSettings, ServerLimits, StoreKind,
     TokenSettings,
@@ -630,13 +631,15 @@ fn validate_clients(
             None => None,
         };
         let id: Arc<str> = Arc::from(c.id.as_str());
+        let bits = scopes.intern_set(c.scopes.iter().map(String::as_str));
         let client = Client {
+            full_grant: Grant::of(bits.clone(), scopes),
             rate_limit,
             max_live_tokens: c.max_live_tokens,
             id_header: HeaderValue::from_str(&c.id).expect("checked visible ASCII"),
             id: id.clone(),
             secrets,
-            scopes: scopes.intern_set(c.scopes.iter().map(String::as_str)),
+            scopes: bits,
         };
         clients.insert(id, Arc::new(client));
     }

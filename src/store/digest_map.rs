@@ -7,7 +7,8 @@ use std::sync::RwLock;
 
 use super::TokenDigest;
 
-const SHARDS: usize = 16;
+// Many shards keep each one small: a sweep holds one shard's lock at a time.
+const SHARDS: usize = 64;
 
 /// Keys are SHA-256 digests, already uniform: their first eight bytes are the hash. Only
 /// digests of tokens this gateway minted, or of tokens looked up and found absent, are ever

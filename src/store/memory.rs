@@ -12,9 +12,9 @@ use crate::config::Config;
 /// Tokens held in this process.
 pub struct MemoryStore {
     tokens: DigestMap<Arc<TokenRecord>>,
-    /// Client id -> its tokens, oldest first. May hold digests already revoked or expired;
-    /// the sweep and the limit check skip and drop those.
-    by_client: Mutex<HashMap<Arc<str>, VecDeque<TokenDigest>>>,
+    /// Client id -> its tokens (digest, expiry), oldest first. May hold digests already
+    /// revoked; the limit check skips those, the sweep drops them once expired.
+    by_client: Mutex<HashMap<Arc<str>, VecDeque<(TokenDigest, u64)>>>,
     /// `tokens.reuse`: key -> (sealed token, expiry ms).
     reusable: Mutex<HashMap<String, (String, u64)>>,
 }
@@ -38,12 +38,14 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// Drops every expired token; returns how many were dropped.
+    /// Drops every expired token; returns how many were dropped. Takes one shard's lock at a
+    /// time, and the index by expiry alone, so a store of millions never stalls lookups for
+    /// long; callers run it off the async workers.
     pub fn sweep(&self, now: u64) -> usize {
         let dropped = self.tokens.retain(|r| r.expires_at_ms > now);
         let mut index = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
         index.retain(|_, digests| {
-            digests.retain(|d| self.tokens.get(d).is_some());
+            digests.retain(|(_, expires)| *expires > now);
             !digests.is_empty()
         });
         drop(index);
@@ -54,7 +56,8 @@ impl MemoryStore {
         dropped
     }
 
-    /// Live tokens per client (as of the last sweep's index).
+    /// Tokens per client not yet expired (revoked ones may be counted until they would
+    /// have expired).
     pub fn live_by_client(&self) -> Vec<(Arc<str>, usize)> {
         self.by_client
             .lock()
@@ -76,16 +79,17 @@ impl MemoryStore {
 
     fn put_now(&self, digest: TokenDigest, record: Arc<TokenRecord>, max_live: Option<u32>) {
         let client = record.client_id.clone();
+        let expires = record.expires_at_ms;
         self.tokens.insert(digest, record, |_| false);
         let mut index = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
         let digests = index.entry(client).or_default();
-        digests.push_back(digest);
+        digests.push_back((digest, expires));
         if let Some(max) = max_live {
             let now = now_ms();
-            // Drop the dead from the front, then revoke the oldest live ones past the limit.
-            digests.retain(|d| self.tokens.get(d).is_some_and(|r| r.expires_at_ms > now));
+            // Drop the dead, then revoke the oldest live ones past the limit.
+            digests.retain(|(d, e)| *e > now && self.tokens.get(d).is_some());
             while digests.len() > max as usize {
-                if let Some(old) = digests.pop_front() {
+                if let Some((old, _)) = digests.pop_front() {
                     self.tokens.remove(&old);
                 }
             }
@@ -132,7 +136,7 @@ impl TokenStore for MemoryStore {
         let now = now_ms();
         Ok(digests
             .iter()
-            .filter_map(|d| self.tokens.remove(d))
+            .filter_map(|(d, _)| self.tokens.remove(d))
             .filter(|r| r.expires_at_ms > now)
             .count())
     }

@@ -289,9 +289,14 @@ async fn issue(
         tracing::warn!(error = %e, "token store failed while issuing");
         GatewayError::StoreUnavailable
     };
-    let names: Arc<[Arc<str>]> = config.scopes.names(&granted).cloned().collect();
+    // All of the client's scopes (the usual case) share one prebuilt grant.
+    let grant = if granted == client.scopes {
+        client.full_grant.clone()
+    } else {
+        crate::config::Grant::of(granted, &config.scopes)
+    };
     let now = now_ms();
-    let scope_text = names.join(" ");
+    let scope_text = grant.names.join(" ");
     // Sealing needs a high-entropy secret (see token::reuse).
     let slow_secret = client
         .secrets
@@ -306,14 +311,16 @@ async fn issue(
     }
     let ttl = config.tokens.ttl;
     let expires = now + ttl.as_millis() as u64;
-    let record = Arc::new(TokenRecord::new(
-        client.id.clone(),
+    let record = Arc::new(TokenRecord {
+        client_id: client.id.clone(),
         secret_id,
-        names,
-        now,
-        expires,
-        config,
-    ));
+        scopes: grant.names,
+        issued_at_ms: now,
+        expires_at_ms: expires,
+        generation: config.generation,
+        scope_bits: grant.bits,
+        scope_header: grant.header,
+    });
     let raw = random_bytes::<32>();
     let token = reuse::token_text(&raw);
     cx.store
