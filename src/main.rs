@@ -181,6 +181,15 @@ fn check(path: PathBuf) -> ExitCode {
     }
 }
 
+/// Builds a runtime (worker threads from `TOKIO_WORKER_THREADS`, else one per core).
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn check_diff(old: &PathBuf, new: &PathBuf) -> ExitCode {
     let load = |p: &PathBuf| match config::load(p) {
         Ok(l) => Some(l.config),
@@ -218,15 +227,8 @@ fn serve(path: PathBuf) -> ExitCode {
     };
     print_warnings(&loaded.warnings);
     init_tracing(&loaded.config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let running = match portcullis::run(loaded.config).await {
@@ -313,15 +315,8 @@ fn revoke(client: &str, path: PathBuf) -> ExitCode {
             path.display()
         );
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let metrics = std::sync::Arc::new(portcullis::metrics::Metrics::new());

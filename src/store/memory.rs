@@ -9,12 +9,15 @@ use super::digest_map::DigestMap;
 use super::{now_ms, StoreError, TokenDigest, TokenRecord, TokenStore};
 use crate::config::Config;
 
+/// A client's tokens, oldest first: (digest, expiry ms).
+type ClientIndex = HashMap<Arc<str>, VecDeque<(TokenDigest, u64)>>;
+
 /// Tokens held in this process.
 pub struct MemoryStore {
     tokens: DigestMap<Arc<TokenRecord>>,
     /// Client id -> its tokens (digest, expiry), oldest first. May hold digests already
     /// revoked; the limit check skips those, the sweep drops them once expired.
-    by_client: Mutex<HashMap<Arc<str>, VecDeque<(TokenDigest, u64)>>>,
+    by_client: Mutex<ClientIndex>,
     /// `tokens.reuse`: key -> (sealed token, expiry ms).
     reusable: Mutex<HashMap<String, (String, u64)>>,
 }

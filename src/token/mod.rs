@@ -389,34 +389,45 @@ async fn reusable(
     }))))
 }
 
-/// RFC 7009: a client revokes one of its own tokens. Unknown tokens, and tokens of other
-/// clients, get the same 200 and nothing happens, so the endpoint tells nobody what exists.
-async fn revoke(
+/// What revocation and introspection share: the authenticated caller, and the presented
+/// `token` with its record when it is a live one.
+async fn presented_token(
     headers: &HeaderMap,
     mut form: TokenForm,
     cx: &TokenContext<'_>,
     outcome: &mut Outcome,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<(Arc<Client>, Option<(TokenDigest, Arc<TokenRecord>)>), GatewayError> {
     let client = authenticate_client(headers, &mut form, cx).await?.client;
     outcome.client = Some(client.id.clone());
     let token = form.token.ok_or(GatewayError::InvalidRequest(
         "the token parameter is missing",
     ))?;
-    if is_token_shaped(&token) {
-        let digest = TokenDigest::of(&token);
-        let unavailable = |e: crate::store::StoreError| {
+    if !is_token_shaped(&token) {
+        return Ok((client, None));
+    }
+    let digest = TokenDigest::of(&token);
+    let record = cx.store.get(&digest, cx.config).await.map_err(|e| {
+        tracing::warn!(error = %e, "token store failed");
+        GatewayError::StoreUnavailable
+    })?;
+    Ok((client, record.map(|r| (digest, r))))
+}
+
+/// RFC 7009: a client revokes one of its own tokens. Unknown tokens, and tokens of other
+/// clients, get the same 200 and nothing happens, so the endpoint tells nobody what exists.
+async fn revoke(
+    headers: &HeaderMap,
+    form: TokenForm,
+    cx: &TokenContext<'_>,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, GatewayError> {
+    let (client, found) = presented_token(headers, form, cx, outcome).await?;
+    if let Some((digest, _)) = found.filter(|(_, r)| r.client_id == client.id) {
+        cx.store.revoke(&digest).await.map_err(|e| {
             tracing::warn!(error = %e, "token store failed while revoking");
             GatewayError::StoreUnavailable
-        };
-        let record = cx
-            .store
-            .get(&digest, cx.config)
-            .await
-            .map_err(unavailable)?;
-        if record.is_some_and(|r| r.client_id == client.id) {
-            cx.store.revoke(&digest).await.map_err(unavailable)?;
-            tracing::info!(client_id = %client.id, "token revoked");
-        }
+        })?;
+        tracing::info!(client_id = %client.id, "token revoked");
     }
     let mut res = Response::new(crate::body::empty());
     res.headers_mut()
@@ -428,23 +439,12 @@ async fn revoke(
 /// anything that is not a live token.
 async fn introspect(
     headers: &HeaderMap,
-    mut form: TokenForm,
+    form: TokenForm,
     cx: &TokenContext<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
-    let client = authenticate_client(headers, &mut form, cx).await?.client;
-    outcome.client = Some(client.id.clone());
-    let token = form.token.ok_or(GatewayError::InvalidRequest(
-        "the token parameter is missing",
-    ))?;
-    let record = if is_token_shaped(&token) {
-        cx.store
-            .get(&TokenDigest::of(&token), cx.config)
-            .await
-            .map_err(|_| GatewayError::StoreUnavailable)?
-    } else {
-        None
-    };
+    let (_, found) = presented_token(headers, form, cx, outcome).await?;
+    let record = found.map(|(_, r)| r);
     // Judged as a protected request would judge it: a removed client or secret, or lost
     // scopes, show here too.
     let claims = record.and_then(|r| crate::auth::Claims::under(r, cx.config));
