@@ -132,8 +132,9 @@ fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
+        // An HTTP/2 peer that stops answering pings is gone: close it on the same deadline.
         .keep_alive_interval(Some(limits.header_read_timeout))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(limits.header_read_timeout);
     b
 }
 
@@ -177,6 +178,7 @@ pub async fn run(config: Config) -> io::Result<Running> {
         public_tasks.push(tokio::spawn(serve(
             public,
             builder(&limits),
+            limits.header_read_timeout,
             limits.max_connections,
             stop_rx.clone(),
             shared
@@ -194,6 +196,7 @@ pub async fn run(config: Config) -> io::Result<Running> {
         tokio::spawn(serve(
             admin_listener,
             builder(&limits),
+            limits.header_read_timeout,
             256,
             admin_rx,
             admin
@@ -289,6 +292,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 async fn serve<T, F, S, B>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
+    first_byte: Duration,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
     connections: prometheus::IntGauge,
@@ -334,15 +338,30 @@ async fn serve<T, F, S, B>(
         let open = OpenConnection::new(&connections);
         match tls() {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        make_service(peer, "http"),
-                    )
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let service = make_service(peer, "http");
+                let watcher = graceful.watcher();
+                let mut stopping = stop.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // hyper's header timer starts once it reads a head; the protocol sniff
+                    // before that has none. A client that connects and says nothing is
+                    // closed on the same deadline, or at once when shutting down.
+                    let mut first = [0u8; 1];
+                    let spoke = tokio::select! {
+                        r = tokio::time::timeout(first_byte, stream.peek(&mut first)) => {
+                            matches!(r, Ok(Ok(n)) if n > 0)
+                        }
+                        _ = stopping.changed() => false,
+                    };
+                    if !spoke {
+                        tracing::debug!(%peer, "closed before its first request");
+                        drop((permit, open, watcher));
+                        return;
+                    }
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                     drop((permit, open));

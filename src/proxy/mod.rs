@@ -7,6 +7,7 @@ pub mod headers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,42 @@ use crate::route::Route;
 pub use headers::{rewrite_request, strip_hop_by_hop, Forwarded};
 
 /// A pooled upstream client (http and https).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, CallerBody>;
+
+pin_project_lite::pin_project! {
+    /// The caller's request body on its way upstream, remembering whether it failed: a
+    /// malformed or cut-off body is the caller's fault (400), not the upstream's (502).
+    pub struct CallerBody {
+        #[pin]
+        inner: Incoming,
+        failed: Arc<AtomicBool>,
+    }
+}
+
+impl http_body::Body for CallerBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let out = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &out {
+            this.failed.store(true, Ordering::Release);
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// What distinguishes one upstream client from another: its trust roots and protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -146,6 +182,11 @@ pub async fn forward(
         req.headers_mut().insert(UPGRADE, protocol.clone());
     }
 
+    let caller_failed = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| CallerBody {
+        inner,
+        failed: caller_failed.clone(),
+    });
     let start = Instant::now();
     let sent = tokio::time::timeout(route.timeout, route.client.request(req)).await;
     let upstream = start.elapsed();
@@ -160,6 +201,12 @@ pub async fn forward(
             failed("timeout");
             tracing::warn!(route = %route.id, "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);
+        }
+        Ok(Err(e)) if caller_failed.load(Ordering::Acquire) => {
+            tracing::debug!(route = %route.id, error = %e, "the caller's request body failed");
+            return Err(GatewayError::InvalidRequest(
+                "the request body is malformed or was cut off",
+            ));
         }
         Ok(Err(e)) => {
             failed(error_kind(&e));
