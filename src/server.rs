@@ -177,9 +177,7 @@ pub async fn run(config: Config) -> io::Result<Running> {
         let shared = shared.clone();
         public_tasks.push(tokio::spawn(serve(
             public,
-            builder(&limits),
-            limits.header_read_timeout,
-            limits.max_connections,
+            Serving::new(&limits, limits.max_connections),
             stop_rx.clone(),
             shared
                 .metrics
@@ -195,9 +193,7 @@ pub async fn run(config: Config) -> io::Result<Running> {
         let admin = admin.clone();
         tokio::spawn(serve(
             admin_listener,
-            builder(&limits),
-            limits.header_read_timeout,
-            256,
+            Serving::new(&limits, 256),
             admin_rx,
             admin
                 .shared
@@ -289,11 +285,28 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts on `listener` until `stop`, serving each connection with `make_service`;
 /// `connections` counts the open ones.
+/// How one listener serves its connections.
+struct Serving {
+    builder: auto::Builder<TokioExecutor>,
+    /// Deadline for a new connection's first byte.
+    first_byte: Duration,
+    /// Connections served at once.
+    max_connections: usize,
+}
+
+impl Serving {
+    fn new(limits: &ServerLimits, max_connections: usize) -> Serving {
+        Serving {
+            builder: builder(limits),
+            first_byte: limits.header_read_timeout,
+            max_connections,
+        }
+    }
+}
+
 async fn serve<T, F, S, B>(
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
-    first_byte: Duration,
-    max_connections: usize,
+    serving: Serving,
     mut stop: watch::Receiver<bool>,
     connections: prometheus::IntGauge,
     tls: T,
@@ -311,6 +324,11 @@ async fn serve<T, F, S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Serving {
+        builder,
+        first_byte,
+        max_connections,
+    } = serving;
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
