@@ -285,6 +285,27 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts on `listener` until `stop`, serving each connection with `make_service`;
 /// `connections` counts the open ones.
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until the client has said enough for hyper-util's protocol sniff to decide (a byte
+/// that is not the HTTP/2 preface, or the whole preface); false if it closed first. The
+/// sniff itself has no deadline, so the caller bounds this wait instead. Data already
+/// waiting makes `peek` return at once, so a partial preface is re-read every 20 ms.
+async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// How one listener serves its connections.
 struct Serving {
     builder: auto::Builder<TokioExecutor>,
@@ -364,10 +385,9 @@ async fn serve<T, F, S, B>(
                     // hyper's header timer starts once it reads a head; the protocol sniff
                     // before that has none. A client that connects and says nothing is
                     // closed on the same deadline, or at once when shutting down.
-                    let mut first = [0u8; 1];
                     let spoke = tokio::select! {
-                        r = tokio::time::timeout(first_byte, stream.peek(&mut first)) => {
-                            matches!(r, Ok(Ok(n)) if n > 0)
+                        r = tokio::time::timeout(first_byte, protocol_known(&stream)) => {
+                            matches!(r, Ok(true))
                         }
                         _ = stopping.changed() => false,
                     };
