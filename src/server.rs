@@ -425,6 +425,13 @@ async fn serve<T, F, S, B>(
                                 return;
                             }
                         };
+                    // ALPN already chose the protocol: no sniff (which has no deadline), and
+                    // for HTTP/1.1 hyper's header timer covers a client that then goes silent.
+                    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        builder.http2_only()
+                    } else {
+                        builder.http1_only()
+                    };
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
