@@ -306,6 +306,86 @@ async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A stream whose first read must bring data before a deadline: TLS streams cannot be
+    /// peeked, and hyper's header timer does not start on a connection that never spoke.
+    struct FirstReadDeadline<S> {
+        #[pin]
+        inner: S,
+        deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<S> FirstReadDeadline<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        FirstReadDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for FirstReadDeadline<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::future::Future;
+        let this = self.project();
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let out = this.inner.poll_read(cx, buf);
+        if matches!(out, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            *this.deadline = None;
+        }
+        out
+    }
+}
+
+impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for FirstReadDeadline<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// How one listener serves its connections.
 struct Serving {
     builder: auto::Builder<TokioExecutor>,
@@ -432,6 +512,7 @@ async fn serve<T, F, S, B>(
                     } else {
                         builder.http1_only()
                     };
+                    let stream = FirstReadDeadline::new(stream, first_byte);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

@@ -427,3 +427,48 @@ fn broken_tls_files_are_config_errors_with_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":4:"), "the cert line is reported: {err}");
 }
+
+#[test]
+fn a_client_silent_after_the_handshake_is_closed_on_the_header_deadline() {
+    let pki = Pki::new("silent");
+    let (cert, key) = pki.issue("gateway");
+    let up = Upstream::start();
+    let gw = Gateway::start(&gateway_yaml(
+        &format!("tls:\n  cert: {cert}\n  key: {key}\nserver:\n  header_read_timeout: 1s\n"),
+        &protected_route("api", "/api", &up.url(), ""),
+    ));
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(pki.roots())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let addr = gw.addr();
+        let ended = rt().block_on(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .expect("handshake");
+            // Say nothing: the gateway must hang up on its own (after at most a SETTINGS
+            // frame for h2), well before 8 s.
+            let mut buf = [0u8; 256];
+            tokio::time::timeout(Duration::from_secs(8), async {
+                loop {
+                    match tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => continue,
+                    }
+                }
+            })
+            .await
+        });
+        assert!(
+            ended.is_ok(),
+            "a TLS client silent after the handshake (ALPN {}) was still connected after 8 s",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+}
