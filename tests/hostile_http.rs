@@ -77,34 +77,6 @@ impl Wire {
     }
 }
 
-/// Decodes a chunked body at the start of `buf`: (bytes used, data), or `None` when it is not
-/// complete or not valid.
-fn dechunk(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
-    let mut pos = 0;
-    let mut data = Vec::new();
-    loop {
-        let line_end = pos + find(&buf[pos..], b"\r\n")?;
-        let line = std::str::from_utf8(&buf[pos..line_end]).ok()?;
-        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
-        pos = line_end + 2;
-        if size == 0 {
-            loop {
-                let end = pos + find(&buf[pos..], b"\r\n")?;
-                let empty = end == pos;
-                pos = end + 2;
-                if empty {
-                    return Some((pos, data));
-                }
-            }
-        }
-        if buf.len() < pos + size + 2 || &buf[pos + size..pos + size + 2] != b"\r\n" {
-            return None;
-        }
-        data.extend_from_slice(&buf[pos..pos + size]);
-        pos += size + 2;
-    }
-}
-
 /// One complete response at the start of `buf`: (bytes used, response).
 fn parse_response(buf: &[u8], eof: bool) -> Option<(usize, Wire)> {
     let head_end = find(buf, b"\r\n\r\n")? + 4;

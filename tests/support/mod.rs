@@ -829,8 +829,8 @@ fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str>
 }
 
 /// Walks a chunked body starting at `buf[0]`; returns (bytes consumed, decoded data) when the
-/// last chunk and the trailers are all there.
-fn dechunk(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
+/// last chunk and the trailers are all there, `None` when incomplete or invalid.
+pub fn dechunk(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
     let mut pos = 0;
     let mut data = Vec::new();
     loop {
@@ -850,7 +850,7 @@ fn dechunk(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
                 }
             }
         }
-        if buf.len() < pos + size + 2 {
+        if buf.len() < pos + size + 2 || &buf[pos + size..pos + size + 2] != b"\r\n" {
             return None;
         }
         data.extend_from_slice(&buf[pos..pos + size]);
