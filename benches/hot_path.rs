@@ -126,6 +126,7 @@ fn benches(c: &mut Criterion) {
         );
     }
     let upstream_host = HeaderValue::from_static("127.0.0.1:8000");
+    let peer = portcullis::proxy::headers::peer_value([127, 0, 0, 1].into());
     c.bench_function("rewrite_request_headers", |b| {
         b.iter_batched(
             || incoming.clone(),
@@ -133,7 +134,7 @@ fn benches(c: &mut Criterion) {
                 rewrite_request(
                     &mut h,
                     Forwarded {
-                        peer: [127, 0, 0, 1].into(),
+                        peer: &peer,
                         proto: "http",
                         upstream_host: Some(&upstream_host),
                         identity: Some((&claims.client.id_header, claims.scope_header())),

@@ -67,17 +67,28 @@ pub fn stack(shared: Arc<Shared>, peer: SocketAddr, proto: &'static str) -> Gate
         .layer(MetricsLayer::new(shared.metrics.clone()))
         .service(Gateway {
             shared,
-            peer,
-            proto,
+            caller: Arc::new(Caller {
+                peer,
+                peer_header: proxy::headers::peer_value(peer.ip()),
+                proto,
+            }),
         })
+}
+
+/// Who is on the other end of one connection, worked out once for all its requests.
+struct Caller {
+    peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` element.
+    peer_header: http::HeaderValue,
+    /// `http` or `https`.
+    proto: &'static str,
 }
 
 /// Token endpoint, discovery, and the protected path.
 #[derive(Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
-    peer: SocketAddr,
-    proto: &'static str,
+    caller: Arc<Caller>,
 }
 
 impl Service<Request<Incoming>> for Gateway {
@@ -90,9 +101,8 @@ impl Service<Request<Incoming>> for Gateway {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let (peer, proto) = (self.peer, self.proto);
-        Box::pin(async move { Ok(handle(&shared, peer, proto, req).await) })
+        let (shared, caller) = (self.shared.clone(), self.caller.clone());
+        Box::pin(async move { Ok(handle(&shared, &caller, req).await) })
     }
 }
 
@@ -101,12 +111,7 @@ fn with_outcome(mut res: Response<Body>, outcome: Outcome) -> Response<Body> {
     res
 }
 
-async fn handle(
-    shared: &Shared,
-    peer: SocketAddr,
-    proto: &'static str,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn handle(shared: &Shared, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
     let config = shared.config.load_full();
     let path = req.uri().path();
     let endpoint = if path == &*config.tokens.token_path {
@@ -124,19 +129,20 @@ async fn handle(
             store: &shared.store,
             metrics: &shared.metrics,
             guard: &shared.guard,
-            peer,
+            peer: caller.peer,
         };
-        // Sets its own outcome: only it knows which client authenticated.
-        return token::handle(req, endpoint, cx).await;
+        // Sets its own outcome: only it knows which client authenticated. Boxed so the
+        // proxied path's future does not carry the token endpoint's much larger one.
+        return Box::pin(token::handle(req, endpoint, cx)).await;
     }
     if path == METADATA_PATH {
-        let res = token::metadata(&req, &config, proto);
+        let res = token::metadata(&req, &config, caller.proto);
         let mut outcome = Outcome::route(ROUTE_METADATA.into());
         outcome.path = Some(METADATA_PATH.into());
         return with_outcome(res, outcome);
     }
     let mut outcome = Outcome::route(ROUTE_NONE.into());
-    match protected(shared, &config, peer, proto, req, &mut outcome).await {
+    match protected(shared, &config, caller, req, &mut outcome).await {
         Ok(res) => with_outcome(res, outcome),
         Err(e) => {
             if let Some(reason) = e.auth_failure_reason() {
@@ -168,8 +174,7 @@ async fn limit(shared: &Shared, key: &Arc<str>, rate: &Rate) -> Result<(), Gatew
 async fn protected(
     shared: &Shared,
     config: &Config,
-    peer: SocketAddr,
-    proto: &'static str,
+    caller: &Caller,
     req: Request<Incoming>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
@@ -187,7 +192,8 @@ async fn protected(
             if let Some((rate, key)) = &route.rate_limit {
                 limit(shared, key, rate).await?;
             }
-            proxy::forward(route, &path, req, peer, proto, None, metrics).await?
+            let fwd = forwarded(caller, None);
+            proxy::forward(route, &path, req, fwd, metrics).await?
         }
         Access::Protected(methods) => {
             let claims = auth::authenticate(req.headers(), &shared.store, config).await?;
@@ -205,9 +211,23 @@ async fn protected(
                 limit(shared, key, rate).await?;
             }
             let identity = (&claims.client.id_header, claims.scope_header());
-            proxy::forward(route, &path, req, peer, proto, Some(identity), metrics).await?
+            let fwd = forwarded(caller, Some(identity));
+            proxy::forward(route, &path, req, fwd, metrics).await?
         }
     };
     outcome.upstream = Some(upstream);
     Ok(res)
+}
+
+/// What the upstream is told about `caller` (the upstream `Host` is the route's to decide).
+fn forwarded<'a>(
+    caller: &'a Caller,
+    identity: Option<(&'a http::HeaderValue, &'a http::HeaderValue)>,
+) -> proxy::Forwarded<'a> {
+    proxy::Forwarded {
+        peer: &caller.peer_header,
+        proto: caller.proto,
+        upstream_host: None,
+        identity,
+    }
 }

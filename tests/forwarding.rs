@@ -355,6 +355,105 @@ fn upstream_connections_are_reused() {
     );
 }
 
+/// How many upstream connections the upstream's recorded requests came over.
+fn upstream_connections(up: &Upstream) -> usize {
+    let peers: std::collections::BTreeSet<_> = up.requests().iter().map(|r| r.peer).collect();
+    peers.len()
+}
+
+#[test]
+fn responses_without_a_body_keep_the_upstream_connection() {
+    // hyper never reads a body that is empty from the start; the connection must still go
+    // back to the pool rather than be closed.
+    for status in [204, 304] {
+        let up = Upstream::start_with(UpstreamOpts {
+            status,
+            body: Some(Vec::new()),
+            ..Default::default()
+        });
+        let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+        let tok = token(&gw);
+        for _ in 0..5 {
+            assert_eq!(get(&gw.url("/svc/k")).bearer(&tok).send().status, status);
+        }
+        assert_eq!(upstream_connections(&up), 1, "status {status}");
+    }
+    let up = Upstream::start();
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    for _ in 0..5 {
+        let raw = format!(
+            "HEAD /svc/h HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {tok}\r\n\r\n",
+            gw.addr()
+        );
+        assert_eq!(raw_request(gw.addr(), raw.as_bytes()).status, 200);
+    }
+    assert_eq!(upstream_connections(&up), 1, "HEAD");
+}
+
+#[test]
+fn an_upstream_closing_its_idle_connections_costs_no_request() {
+    // The upstream answers in full, then closes the connection (as servers do when their
+    // keep-alive timeout ends). The pooled connection is found closed and not used.
+    let up = RawUpstream::start(RawReply::Truncate {
+        bytes: raw_ok_response("Content-Type: text/plain\r\n", "fine"),
+        reset: false,
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    for i in 0..3 {
+        let resp = get(&gw.url("/svc/k")).bearer(&tok).send();
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        assert_eq!(resp.text(), "fine");
+        // The upstream closes 500 ms after answering.
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    assert_eq!(up.connections(), 3);
+}
+
+#[test]
+fn upstream_connection_close_is_honoured() {
+    let up = Upstream::start_with(UpstreamOpts {
+        headers: vec![("Connection".into(), "close".into())],
+        ..Default::default()
+    });
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    for _ in 0..4 {
+        let resp = get(&gw.url("/svc/k")).bearer(&tok).send();
+        assert_eq!(resp.status, 200);
+        assert!(resp.header("connection").is_none(), "hop-by-hop leaked");
+    }
+    assert_eq!(upstream_connections(&up), 4);
+}
+
+#[test]
+fn a_response_abandoned_half_read_never_reaches_the_next_caller() {
+    use std::io::{Read, Write};
+    const TOTAL: u64 = 8 * 1024 * 1024;
+    let up = Upstream::streaming(TOTAL);
+    let gw = gateway(&[route("svc", "/svc", &up.url(), "")]);
+    let tok = token(&gw);
+    {
+        let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /svc/big HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // Gone with most of the body unread.
+    }
+    // The next caller gets a whole response of its own, over a fresh upstream connection:
+    // the abandoned one still had the rest of the first body in it.
+    let (status, _, len) = get(&gw.url("/svc/big")).bearer(&tok).send_counting();
+    assert_eq!((status, len), (200, TOTAL));
+    assert_eq!(upstream_connections(&up), 2);
+}
+
 const BIG: u64 = 256 * 1024 * 1024;
 const RSS_LIMIT_KIB: u64 = 100 * 1024;
 

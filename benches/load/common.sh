@@ -6,7 +6,7 @@
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-BIN=$ROOT/target/release/portcullis
+BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 BENCH_PATH=/api/bench          # served by the upstream as is, and by portcullis's /api route
 START_DEADLINE=30              # seconds any server may take to answer after it is started
 STOP_DEADLINE=10               # seconds a server may take to exit after SIGTERM
@@ -243,14 +243,16 @@ start_nginx_proxy() {
         || die "nginx did not proxy the bench request"
 }
 
-# start_portcullis THREADS: the gateway with TOKIO_WORKER_THREADS=THREADS, and a token for the
-# client. Sets GW_PORT, ADMIN_PORT, GW_PID, GW_THREADS (counted), TOKEN and AUTH (the header).
+# start_portcullis THREADS [BINARY]: the gateway (BINARY, default $BIN) with
+# TOKIO_WORKER_THREADS=THREADS, and a token for the client. Sets GW_PORT, ADMIN_PORT, GW_PID,
+# GW_THREADS (counted), TOKEN and AUTH (the header).
 start_portcullis() {
+    local bin=${2:-$BIN}
     read -r GW_PORT ADMIN_PORT < <(free_ports 2)
     render "$HERE/gateway.yaml.template" "$TMP/gateway.yaml" \
         "PORT=$GW_PORT" "ADMIN_PORT=$ADMIN_PORT" "UPSTREAM_PORT=$UP_PORT" "SECRET_HASH=$SECRET_HASH" \
         "ACCESS_LOG=$([[ ${ACCESS_LOG:-0} == 1 ]] && echo true || echo false)"
-    start portcullis env TOKIO_WORKER_THREADS="$1" "$BIN" serve --config "$TMP/gateway.yaml"
+    start portcullis env TOKIO_WORKER_THREADS="$1" "$bin" serve --config "$TMP/gateway.yaml"
     GW_PID=$STARTED
     wait_http portcullis "$GW_PID" "http://127.0.0.1:$ADMIN_PORT/healthz"
     # `env` execs the gateway, so the pid is the gateway's own.

@@ -20,6 +20,7 @@ TARGETS = [
     ("direct", "direct upstream"),
     ("nginx", "nginx proxy_pass"),
     ("portcullis", "portcullis (bearer + scope)"),
+    ("baseline", "baseline build (BASELINE_BIN)"),
     ("token", "portcullis token endpoint"),
 ]
 UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
@@ -123,9 +124,9 @@ def main():
             errors = sum(r["non2xx"] + r["socket_errors"] for r in rs)
             vs_nginx = (None, None)
             vs_direct = (None, None)
-            if target == "portcullis":
+            if target in ("portcullis", "baseline"):
                 vs_nginx = (ratio(target, "nginx", "rps"), ratio(target, "nginx", "p99"))
-            if target in ("nginx", "portcullis"):
+            if target in ("nginx", "portcullis", "baseline"):
                 vs_direct = (ratio(target, "direct", "rps"), ratio(target, "direct", "p99"))
             if target == "direct":
                 proxy_cpu = None

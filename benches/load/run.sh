@@ -18,6 +18,8 @@
 #   ACCESS_LOG=0          1 turns portcullis's access log on (its default; nginx's stays off)
 #   TOKEN_BENCH=1         0 skips the token issuance runs
 #   SKIP_BUILD=0          1 uses target/release/portcullis as it is
+#   BASELINE_BIN=         another portcullis binary (an earlier build) measured in the same
+#                         rounds as "baseline", for A/B comparisons of a change
 #   RESULTS_DIR=target/load-bench   raw wrk outputs, the run's facts and table.md are kept here
 #   KEEP_TMP=0            1 keeps the temp dir (configs, pid files, logs); kept anyway on failure
 #
@@ -37,6 +39,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS_DIR=${RESULTS_DIR:-target/load-bench}
 KEEP_TMP=${KEEP_TMP:-0}
 ACCESS_LOG=${ACCESS_LOG:-0}
+BASELINE_BIN=${BASELINE_BIN:-}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh source-path=SCRIPTDIR
@@ -109,6 +112,12 @@ make_client
 
 for n in $WORKERS; do
     start_nginx_proxy "$n"
+    BASE_PID=
+    if [[ -n $BASELINE_BIN ]]; then
+        start_portcullis "$n" "$BASELINE_BIN"
+        BASE_PID=$GW_PID BASE_PORT=$GW_PORT BASE_AUTH=$AUTH
+        log "N=$n: baseline portcullis ($BASELINE_BIN) pid $BASE_PID on :$BASE_PORT"
+    fi
     start_portcullis "$n"
     echo "gateway_workers_$n=$GW_THREADS" >>"$RESULTS_DIR/run.env"
     log "N=$n: nginx proxy pids $NGX_PIDS on :$NGX_PORT; portcullis pid $GW_PID ($GW_THREADS workers) on :$GW_PORT"
@@ -116,13 +125,19 @@ for n in $WORKERS; do
     warmup "http://127.0.0.1:$UP_PORT$BENCH_PATH"
     warmup "http://127.0.0.1:$NGX_PORT$BENCH_PATH"
     warmup -H "$AUTH" "http://127.0.0.1:$GW_PORT$BENCH_PATH"
+    [[ -z $BASE_PID ]] || warmup -H "$BASE_AUTH" "http://127.0.0.1:$BASE_PORT$BENCH_PATH"
     for ((r = 1; r <= ROUNDS; r++)); do
         log "N=$n round $r/$ROUNDS: direct, nginx, portcullis"
         measure "$RESULTS_DIR/N$n-r$r-direct.txt" "" "http://127.0.0.1:$UP_PORT$BENCH_PATH"
         measure "$RESULTS_DIR/N$n-r$r-nginx.txt" "$NGX_PIDS" "http://127.0.0.1:$NGX_PORT$BENCH_PATH"
         measure "$RESULTS_DIR/N$n-r$r-portcullis.txt" "$GW_PID" -H "$AUTH" \
             "http://127.0.0.1:$GW_PORT$BENCH_PATH"
+        if [[ -n $BASE_PID ]]; then
+            measure "$RESULTS_DIR/N$n-r$r-baseline.txt" "$BASE_PID" -H "$BASE_AUTH" \
+                "http://127.0.0.1:$BASE_PORT$BENCH_PATH"
+        fi
     done
+    [[ -z $BASE_PID ]] || stop_tracked "$BASE_PID"
     echo "gateway_rss_kib_$n=$(awk '/^VmRSS/ {print $2}' "/proc/$GW_PID/status")" >>"$RESULTS_DIR/run.env"
 
     # After the proxy rounds: every issued token stays live (1h), and a store grown by

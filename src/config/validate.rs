@@ -748,6 +748,7 @@ fn validate_routes(
         if let (Some(upstream), Some(timeout), Some(access), Some(client)) =
             (upstream, timeout, access, client)
         {
+            let pool = client.pool(&upstream.scheme, &upstream.authority);
             routes.push(Route {
                 id: r.id.as_str().into(),
                 prefix: r.path.as_str().into(),
@@ -760,6 +761,7 @@ fn validate_routes(
                     .flatten()
                     .map(|rate| (rate, Arc::from(format!("r:{}", r.id)))),
                 client,
+                pool,
                 timeout,
                 access,
             });

@@ -67,27 +67,41 @@ fn is_identity_lookalike(name: &str) -> bool {
     }
 }
 
-/// Removes `Connection` and every header it names, then the fixed hop-by-hop set.
+/// Removes `Connection` and every header it names, then the fixed hop-by-hop set. One scan
+/// of the names; nothing is allocated unless something has to go.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n))
+        .cloned()
         .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
+    doomed.extend(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+    );
+    for n in doomed {
         headers.remove(n);
     }
 }
 
+/// A caller-sent header that must not reach the upstream: credentials, `Expect` (the gateway
+/// answered it), method overrides, and anything that could pass for an identity header.
+fn is_caller_only(name: &HeaderName) -> bool {
+    *name == AUTHORIZATION
+        || *name == PROXY_AUTHORIZATION
+        || *name == EXPECT
+        || METHOD_OVERRIDES.contains(name)
+        || is_identity_lookalike(name.as_str())
+}
+
 /// What the gateway tells the upstream about the caller.
 pub struct Forwarded<'a> {
-    /// The caller's address.
-    pub peer: IpAddr,
+    /// The caller's address, formatted once per connection.
+    pub peer: &'a HeaderValue,
     /// `http` or `https`.
     pub proto: &'static str,
     /// The upstream's own authority as its `Host`; `None` keeps the caller's Host.
@@ -96,44 +110,47 @@ pub struct Forwarded<'a> {
     pub identity: Option<(&'a HeaderValue, &'a HeaderValue)>,
 }
 
+/// The caller's address as an `X-Forwarded-For` element.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).expect("an IP address is a valid header value")
+}
+
 /// Rewrites the caller's headers for the upstream, in place.
 pub fn rewrite_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
     // Connection-named headers go first, so `Connection: X-Client-Id` can only remove the
     // caller's own copy, never the one the gateway adds below.
     strip_hop_by_hop(headers);
-    headers.remove(AUTHORIZATION);
-    headers.remove(PROXY_AUTHORIZATION);
-    headers.remove(EXPECT);
-    for n in METHOD_OVERRIDES {
-        headers.remove(n);
-    }
 
     // X-Forwarded-For is appended to (the caller's chain, then the caller's address); every
-    // other identity header is the gateway's alone.
-    let mut xff = String::new();
-    for v in headers.get_all(X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            if !xff.is_empty() {
-                xff.push_str(", ");
+    // other identity header is the gateway's alone. One scan finds both.
+    let mut chain: Option<String> = None;
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if *name == X_FORWARDED_FOR {
+            if let Ok(s) = value.to_str() {
+                let chain = chain.get_or_insert_with(String::new);
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
+                chain.push_str(s.trim());
             }
-            xff.push_str(s.trim());
+        }
+        if is_caller_only(name) && doomed.last() != Some(name) {
+            doomed.push(name.clone());
         }
     }
-    let lookalikes: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_identity_lookalike(n.as_str()))
-        .cloned()
-        .collect();
-    for n in lookalikes {
+    for n in doomed {
         headers.remove(n);
     }
-    if !xff.is_empty() {
-        xff.push_str(", ");
-    }
-    xff.push_str(&fwd.peer.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    let xff = match chain.filter(|c| !c.is_empty()) {
+        None => fwd.peer.clone(),
+        Some(mut chain) => {
+            chain.push_str(", ");
+            chain.push_str(fwd.peer.to_str().unwrap_or_default());
+            HeaderValue::from_str(&chain).unwrap_or_else(|_| fwd.peer.clone())
+        }
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
 
     match fwd.upstream_host {
         Some(upstream) => {
@@ -214,10 +231,11 @@ mod tests {
         let id = HeaderValue::from_static("billing");
         let scopes = HeaderValue::from_static("a b");
         let upstream = HeaderValue::from_static("127.0.0.1:8000");
+        let peer = peer_value("127.0.0.9".parse().unwrap());
         rewrite_request(
             &mut h,
             Forwarded {
-                peer: "127.0.0.9".parse().unwrap(),
+                peer: &peer,
                 proto: "http",
                 upstream_host: Some(&upstream),
                 identity: Some((&id, &scopes)),

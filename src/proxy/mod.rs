@@ -4,15 +4,15 @@
 //! connection instead of ending the response cleanly.
 
 pub mod headers;
+pub mod pool;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, LOCATION, UPGRADE};
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::StatusCode;
 use http::{HeaderValue, Request, Response, Version};
 use http_body_util::Either;
@@ -29,9 +29,43 @@ use crate::metrics::Metrics;
 use crate::route::Route;
 
 pub use headers::{rewrite_request, strip_hop_by_hop, Forwarded};
+pub use pool::{Http1Pool, UpstreamBody};
 
-/// A pooled upstream client (http and https).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, CallerBody>;
+/// The upstream clients of one set of trust roots and one protocol.
+pub struct UpstreamClient {
+    /// hyper-util's pooled client: HTTP/2 upstreams and protocol upgrades.
+    legacy: Client<HttpsConnector<HttpConnector>, CallerBody>,
+    /// What the HTTP/1.1 pools dial with (`None` for an HTTP/2 client).
+    connector: Option<HttpsConnector<HttpConnector>>,
+    /// One pool per origin, kept across reloads like the client itself.
+    pools: Mutex<HashMap<Uri, Arc<Http1Pool>>>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("http2", &self.connector.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamClient {
+    /// The HTTP/1.1 pool for `scheme://authority`; `None` when this client speaks HTTP/2.
+    pub fn pool(&self, scheme: &Scheme, authority: &Authority) -> Option<Arc<Http1Pool>> {
+        let connector = self.connector.as_ref()?;
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = pools
+            .entry(origin.clone())
+            .or_insert_with(|| Arc::new(Http1Pool::new(connector.clone(), origin)));
+        Some(pool.clone())
+    }
+}
 
 pin_project_lite::pin_project! {
     /// The caller's request body on its way upstream, remembering whether it failed: a
@@ -40,6 +74,16 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         failed: Arc<AtomicBool>,
+    }
+}
+
+impl CallerBody {
+    /// Wraps a caller's body, with its own failure flag.
+    pub fn new(inner: Incoming) -> CallerBody {
+        CallerBody {
+            inner,
+            failed: Arc::default(),
+        }
     }
 }
 
@@ -106,7 +150,7 @@ fn build_client(http2: bool, roots: Option<&RootCertStore>) -> UpstreamClient {
     } else {
         https.enable_http1().wrap_connector(http)
     };
-    Client::builder(TokioExecutor::new())
+    let legacy = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
@@ -115,17 +159,21 @@ fn build_client(http2: bool, roots: Option<&RootCertStore>) -> UpstreamClient {
         // Only a request that was never written is retried (hyper-util returns it unsent),
         // so this is safe for non-idempotent methods too.
         .retry_canceled_requests(true)
-        .build(https)
+        .build(https.clone());
+    UpstreamClient {
+        legacy,
+        connector: (!http2).then_some(https),
+        pools: Mutex::default(),
+    }
 }
 
-/// Forwards `req` to `route`'s upstream with `path` (normalized) as the authorized path.
+/// Forwards `req` to `route`'s upstream with `path` (normalized) as the authorized path;
+/// `fwd` says who the caller is (its `upstream_host` is filled in from the route).
 pub async fn forward(
     route: &Route,
     path: &str,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    proto: &'static str,
-    identity: Option<(&HeaderValue, &HeaderValue)>,
+    mut fwd: Forwarded<'_>,
     metrics: &Metrics,
 ) -> Result<(Response<Body>, Duration), GatewayError> {
     let mut target = route.upstream_path(path);
@@ -135,13 +183,6 @@ pub async fn forward(
     }
     let pq = PathAndQuery::try_from(target)
         .map_err(|_| GatewayError::InvalidRequest("the request target is not valid"))?;
-    let uri = Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::InvalidRequest("the request target is not valid"))?;
-
     // HTTP/2 callers carry the host in the URI, not in a Host header.
     if !req.headers().contains_key(http::header::HOST) {
         if let Some(a) = req
@@ -160,22 +201,33 @@ pub async fn forward(
             Some((hyper::upgrade::on(&mut req), protocol))
         })
         .flatten();
-    *req.uri_mut() = uri;
+    // HTTP/1.1 over a leased connection takes the origin form; hyper-util's client wants the
+    // absolute URI to pick its pool.
+    let pool = route.pool.as_ref().filter(|_| upgrade.is_none());
+    *req.uri_mut() = if pool.is_some() {
+        Uri::from(pq)
+    } else {
+        Uri::builder()
+            .scheme(route.upstream.scheme.clone())
+            .authority(route.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| GatewayError::InvalidRequest("the request target is not valid"))?
+    };
     *req.version_mut() = if route.upstream_http2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
     let caller_host = req.headers().get(http::header::HOST).cloned();
-    rewrite_request(
-        req.headers_mut(),
-        Forwarded {
-            peer: peer.ip(),
-            proto,
-            upstream_host: (!route.preserve_host).then_some(&route.upstream.host),
-            identity,
-        },
-    );
+    let proto = fwd.proto;
+    fwd.upstream_host = (!route.preserve_host).then_some(&route.upstream.host);
+    rewrite_request(req.headers_mut(), fwd);
+    if !req.headers().contains_key(http::header::HOST) {
+        // An HTTP/1.0 caller without Host, with preserve_host: HTTP/1.1 needs one.
+        req.headers_mut()
+            .insert(http::header::HOST, route.upstream.host.clone());
+    }
     if let Some((_, protocol)) = &upgrade {
         req.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -188,7 +240,26 @@ pub async fn forward(
         failed: caller_failed.clone(),
     });
     let start = Instant::now();
-    let sent = tokio::time::timeout(route.timeout, route.client.request(req)).await;
+    let sent = match pool {
+        Some(pool) => {
+            tokio::time::timeout(route.timeout, async {
+                pool.send(req).await.map_err(|e| {
+                    let connect = matches!(e, pool::SendError::Connect(_));
+                    (error_kind(&e, connect), e.to_string())
+                })
+            })
+            .await
+        }
+        None => {
+            tokio::time::timeout(route.timeout, async {
+                match Box::pin(route.client.legacy.request(req)).await {
+                    Ok(res) => Ok(res.map(UpstreamBody::unleased)),
+                    Err(e) => Err((error_kind(&e, e.is_connect()), e.to_string())),
+                }
+            })
+            .await
+        }
+    };
     let upstream = start.elapsed();
     let failed = |kind: &'static str| {
         metrics
@@ -202,14 +273,14 @@ pub async fn forward(
             tracing::warn!(route = %route.id, "upstream timed out");
             return Err(GatewayError::UpstreamTimeout);
         }
-        Ok(Err(e)) if caller_failed.load(Ordering::Acquire) => {
+        Ok(Err((_, e))) if caller_failed.load(Ordering::Acquire) => {
             tracing::debug!(route = %route.id, error = %e, "the caller's request body failed");
             return Err(GatewayError::InvalidRequest(
                 "the request body is malformed or was cut off",
             ));
         }
-        Ok(Err(e)) => {
-            failed(error_kind(&e));
+        Ok(Err((kind, e))) => {
+            failed(kind);
             tracing::warn!(route = %route.id, error = %e, "upstream request failed");
             return Err(GatewayError::UpstreamUnavailable);
         }
@@ -272,9 +343,10 @@ fn is_upgrade(headers: &http::HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The `kind` label of an upstream failure before its response head.
-fn error_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// The `kind` label of an upstream failure before its response head; `connect` when no
+/// connection could be made.
+fn error_kind(e: &(dyn std::error::Error + 'static), connect: bool) -> &'static str {
+    let mut source = Some(e);
     while let Some(s) = source {
         if s.is::<rustls::Error>() {
             return "tls";
@@ -289,7 +361,7 @@ fn error_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
         }
         source = s.source();
     }
-    if e.is_connect() {
+    if connect {
         "refused"
     } else {
         "reset"

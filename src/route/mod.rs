@@ -125,6 +125,8 @@ pub struct Route {
     pub rate_limit: Option<(crate::limit::Rate, Arc<str>)>,
     /// The pooled client for this upstream's trust roots and protocol.
     pub client: Arc<crate::proxy::UpstreamClient>,
+    /// Leased HTTP/1.1 connections to the upstream (`None` with `upstream_http2`).
+    pub pool: Option<Arc<crate::proxy::Http1Pool>>,
     /// Upstream response-head timeout.
     pub timeout: Duration,
     /// Public or the scope map.
@@ -250,6 +252,7 @@ mod tests {
                 },
                 None,
             ),
+            pool: None,
             timeout: Duration::from_secs(1),
             access: Access::Public,
         }

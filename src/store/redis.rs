@@ -283,8 +283,9 @@ impl RedisStore {
 
     /// Runs one command with the configured timeout, recording latency and errors.
     async fn run<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, StoreError> {
-        self.call(op, false, |conn| async move { conn.query::<T>(cmd).await })
-            .await
+        // Boxed: a Redis command's future is kilobytes, and it would otherwise sit inline in
+        // every request's future (moved on each poll setup), Redis or not.
+        Box::pin(self.call(op, false, |conn| async move { conn.query::<T>(cmd).await })).await
     }
 
     /// Runs a Lua script, bounded like every other call.
@@ -292,11 +293,11 @@ impl RedisStore {
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        self.call(
+        Box::pin(self.call(
             "eval",
             false,
             |conn| async move { conn.eval::<T>(inv).await },
-        )
+        ))
         .await
     }
 
