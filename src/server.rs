@@ -105,6 +105,9 @@ fn apply(shared: &Shared, loaded: Loaded, trigger: Trigger) {
     if format!("{:?}", new.store) != format!("{:?}", old.store) {
         tracing::warn!("the token store changes only at restart; keeping the current one");
     }
+    if new.otel != old.otel {
+        tracing::warn!("otel settings change only at restart; keeping the current export");
+    }
     for w in &loaded.warnings {
         tracing::warn!(problem = %w, "config warning");
     }
