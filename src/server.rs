@@ -64,6 +64,11 @@ impl Running {
         {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
+        // Every span has ended with its connection: send what is still queued.
+        #[cfg(feature = "otel")]
+        if let Some(traces) = &self.shared.traces {
+            traces.shutdown().await;
+        }
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.admin_task).await;
     }
@@ -159,7 +164,11 @@ pub async fn run(config: Config) -> io::Result<Running> {
             Store::Redis(RedisStore::start(settings.clone(), metrics.clone()))
         }
     };
+    #[cfg(feature = "otel")]
+    let traces = crate::otel::Traces::start(&config.otel, &metrics).map_err(io::Error::other)?;
     let shared = Arc::new(Shared {
+        #[cfg(feature = "otel")]
+        traces,
         config: ArcSwap::from_pointee(config),
         store,
         metrics,
