@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::body::{OnEnd, Watched};
 use crate::request_id::RequestId;
 use crate::stack::Shared;
 
@@ -160,22 +160,19 @@ where
                 outcome: res.extensions().get::<Outcome>().cloned(),
                 pending: p,
             });
-        Poll::Ready(Ok(res.map(|inner| LoggedBody {
-            inner,
-            bytes: 0,
-            entry,
-        })))
+        Poll::Ready(Ok(res.map(|inner| Watched::new(inner, entry))))
     }
 }
 
-struct Entry {
+/// One access-log line, written when the response body ends.
+pub struct Entry {
     pending: Pending,
     status: u16,
     outcome: Option<Outcome>,
 }
 
-impl Entry {
-    fn emit(self, bytes: u64, completed: bool) {
+impl OnEnd for Entry {
+    fn on_end(self, bytes: u64, completed: bool) {
         let o = self.outcome.as_ref();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         tracing::info!(
@@ -196,72 +193,6 @@ impl Entry {
     }
 }
 
-pin_project! {
-    /// A response body that counts what it sends and writes the log line at its end (or when
-    /// dropped early: a caller that went away, or an upstream that failed mid-body).
-    pub struct LoggedBody<B>
-    where
-        B: Body,
-    {
-        #[pin]
-        inner: B,
-        bytes: u64,
-        entry: Option<Entry>,
-    }
-
-    impl<B> PinnedDrop for LoggedBody<B>
-    where
-        B: Body,
-    {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(e) = this.entry.take() {
-                // hyper may stop polling once it has the whole body: ended is not cut.
-                let ended = this.inner.is_end_stream();
-                e.emit(*this.bytes, ended);
-            }
-        }
-    }
-}
-
-impl<B> Body for LoggedBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let out = std::task::ready!(this.inner.poll_frame(cx));
-        match &out {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.bytes += data.len() as u64;
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(e) = this.entry.take() {
-                    e.emit(*this.bytes, false);
-                }
-            }
-            None => {
-                if let Some(e) = this.entry.take() {
-                    e.emit(*this.bytes, true);
-                }
-            }
-        }
-        Poll::Ready(out)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// A response body that writes the access-log line at its end (or when dropped early: a
+/// caller that went away, or an upstream that failed mid-body).
+pub type LoggedBody<B> = Watched<B, Entry>;

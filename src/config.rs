@@ -53,6 +53,22 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Logging.
     pub log: LogSettings,
+    /// OpenTelemetry trace export (read at start; a change needs a restart).
+    pub otel: OtelSettings,
+}
+
+/// `otel:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtelSettings {
+    /// Where spans go: `<endpoint>/v1/traces`; `None` exports nothing. Only a build with the
+    /// `otel` feature accepts one.
+    pub traces_url: Option<Arc<str>>,
+    /// `service.name` of the exported spans.
+    pub service_name: Arc<str>,
+    /// Share of new traces sampled, 0 to 1 (a caller's `traceparent` decides for its own).
+    pub sample_ratio: f64,
+    /// Bound on one export to the collector.
+    pub timeout: Duration,
 }
 
 /// `log:`.

@@ -13,6 +13,8 @@ pub mod config;
 pub mod error;
 pub mod limit;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod proxy;
 pub mod request_id;
 pub mod route;

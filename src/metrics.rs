@@ -89,6 +89,10 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload: Gauge,
+    /// `portcullis_otel_export_errors_total`: span batches the collector did not take (their
+    /// spans are dropped). Only in builds with the `otel` feature.
+    #[cfg(feature = "otel")]
+    pub otel_export_errors: IntCounter,
 }
 
 impl Metrics {
@@ -250,6 +254,16 @@ impl Metrics {
             "Unix time of the last successfully applied config.",
         )
         .expect("valid metric");
+        #[cfg(feature = "otel")]
+        let otel_export_errors = IntCounter::new(
+            "portcullis_otel_export_errors_total",
+            "Span batches the OpenTelemetry collector did not take (unreachable, timed out or refused); their spans are dropped.",
+        )
+        .expect("valid metric");
+        #[cfg(feature = "otel")]
+        registry
+            .register(Box::new(otel_export_errors.clone()))
+            .expect("metric names are unique");
         for c in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(secret_last_used.clone()),
@@ -310,6 +324,8 @@ impl Metrics {
             config_reloads,
             config_generation,
             config_last_reload,
+            #[cfg(feature = "otel")]
+            otel_export_errors,
         }
     }
 

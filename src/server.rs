@@ -64,6 +64,11 @@ impl Running {
         {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
+        // Every span has ended with its connection: send what is still queued.
+        #[cfg(feature = "otel")]
+        if let Some(traces) = &self.shared.traces {
+            traces.shutdown().await;
+        }
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.admin_task).await;
     }
@@ -104,6 +109,9 @@ fn apply(shared: &Shared, loaded: Loaded, trigger: Trigger) {
     }
     if format!("{:?}", new.store) != format!("{:?}", old.store) {
         tracing::warn!("the token store changes only at restart; keeping the current one");
+    }
+    if new.otel != old.otel {
+        tracing::warn!("otel settings change only at restart; keeping the current export");
     }
     for w in &loaded.warnings {
         tracing::warn!(problem = %w, "config warning");
@@ -156,7 +164,11 @@ pub async fn run(config: Config) -> io::Result<Running> {
             Store::Redis(RedisStore::start(settings.clone(), metrics.clone()))
         }
     };
+    #[cfg(feature = "otel")]
+    let traces = crate::otel::Traces::start(&config.otel, &metrics).map_err(io::Error::other)?;
     let shared = Arc::new(Shared {
+        #[cfg(feature = "otel")]
+        traces,
         config: ArcSwap::from_pointee(config),
         store,
         metrics,

@@ -1,9 +1,11 @@
 //! The one place the request path is composed, outermost first:
 //!
 //! 1. `RequestIdLayer` — keeps or makes `X-Request-Id`, for the upstream, the caller, the log.
-//! 2. `AccessLogLayer` — one line per request when its response body ends.
-//! 3. `MetricsLayer` — every answer counted and timed, refusals included.
-//! 4. `Gateway` — splits the token endpoint and discovery from everything else, which goes
+//! 2. `OtelLayer` (feature `otel`) — one span per request, parented to the caller's
+//!    `traceparent` and named to the upstream as its parent; ends when the response body ends.
+//! 3. `AccessLogLayer` — one line per request when its response body ends.
+//! 4. `MetricsLayer` — every answer counted and timed, refusals included.
+//! 5. `Gateway` — splits the token endpoint and discovery from everything else, which goes
 //!    through the phases in order: normalize the path, find the route, authenticate
 //!    (`auth`), check the method and scopes, and forward (`proxy`). A refusal in any phase
 //!    becomes a response through `GatewayError`, the only place responses for failures are
@@ -48,16 +50,40 @@ pub struct Shared {
     pub guard: token::guard::FailureGuard,
     /// Successful requests seen by the access-log sampler, across connections.
     pub access_sampled: Arc<std::sync::atomic::AtomicU64>,
+    /// The trace exporter, when `otel.endpoint` is set.
+    #[cfg(feature = "otel")]
+    pub traces: Option<Arc<crate::otel::Traces>>,
 }
 
+#[cfg(feature = "otel")]
+type Traced<S> = crate::otel::Otel<S>;
+#[cfg(not(feature = "otel"))]
+type Traced<S> = S;
+
 /// The full per-connection service.
-pub type GatewayStack = RequestIdService<AccessLog<MetricsService<Gateway>>>;
+pub type GatewayStack = RequestIdService<Traced<AccessLog<MetricsService<Gateway>>>>;
+
+/// The span layer; it passes requests through untouched when no collector is configured.
+#[cfg(feature = "otel")]
+fn trace_layer(shared: &Shared, peer: SocketAddr, proto: &'static str) -> crate::otel::OtelLayer {
+    crate::otel::OtelLayer::new(shared.traces.clone(), peer.ip(), proto)
+}
+
+/// Without the `otel` feature there is no span layer at all.
+#[cfg(not(feature = "otel"))]
+fn trace_layer(_: &Shared, _: SocketAddr, _: &'static str) -> tower::layer::util::Identity {
+    tower::layer::util::Identity::new()
+}
 
 /// Builds the stack for one connection from `peer`; `proto` is `http` or `https`.
 pub fn stack(shared: Arc<Shared>, peer: SocketAddr, proto: &'static str) -> GatewayStack {
     ServiceBuilder::new()
         // Outermost: every request, refused or not, gets an id before anything logs it.
         .layer(RequestIdLayer)
+        // Inside the id (the span carries it), outside the rest: the span covers the whole
+        // answer, refusals included, and its `traceparent` is on the request before the
+        // proxy copies the headers. Its body wraps the access log's, so it ends after the line.
+        .layer(trace_layer(&shared, peer, proto))
         // Around the rest so the line is written when the body ends, with its byte count.
         .layer(AccessLogLayer::new(
             shared.clone(),

@@ -326,6 +326,74 @@ fn serve_refuses_a_broken_config() {
     assert!(!all.contains("public="), "serve listened anyway: {all}");
 }
 
+/// `otel:` is parsed by every build; its values are checked at their lines.
+#[test]
+fn the_otel_section_is_checked_at_its_lines() {
+    let yaml = format!(
+        "{}otel:\n  service_name: edge\n  sample_ratio: 1.5\n  timeout: 0s\n",
+        valid_config()
+    );
+    let (out, f) = check(&yaml);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr {err}");
+    let diags = diagnostics(&err, f.path().to_str().unwrap());
+    for (needle, words) in [
+        ("sample_ratio: 1.5", "between 0 and 1"),
+        ("timeout: 0s", "above zero"),
+    ] {
+        let line = line_of(&yaml, needle, 1);
+        assert!(
+            diags
+                .iter()
+                .any(|(l, _, m)| *l == line && m.contains(words)),
+            "{needle:?} not reported at line {line}: {err}"
+        );
+    }
+    let fine = format!(
+        "{}otel:\n  service_name: edge\n  sample_ratio: 0.1\n",
+        valid_config()
+    );
+    let (out, _f) = check(&fine);
+    assert_eq!(out.status.code(), Some(0), "stderr {}", stderr(&out));
+}
+
+/// A build without the `otel` feature cannot export: an endpoint is an error at its line, for
+/// `check` and `serve` alike, never silently ignored.
+#[cfg(not(feature = "otel"))]
+#[test]
+fn a_build_without_otel_refuses_an_otel_endpoint_at_its_line() {
+    const WHY: &str = "this build has no OpenTelemetry export; rebuild with --features otel";
+    let yaml = format!(
+        "{}otel:\n  service_name: edge\n  endpoint: http://127.0.0.1:4318\n",
+        valid_config()
+    );
+    let line = line_of(&yaml, "endpoint: http://127.0.0.1:4318", 1);
+    let (out, f) = check(&yaml);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr {err}");
+    let diags = diagnostics(&err, f.path().to_str().unwrap());
+    assert!(
+        diags
+            .iter()
+            .any(|(l, c, m)| *l == line && *c >= 1 && m.contains(WHY)),
+        "not reported at line {line}: {err}"
+    );
+
+    let f = write_config(&yaml);
+    let out = run_cli(
+        &["serve", "--config", f.path().to_str().unwrap()],
+        None,
+        &[],
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "serve started: {all}");
+    assert!(!all.contains("public="), "serve listened anyway: {all}");
+    assert!(
+        all.contains(&format!(":{line}:")) && all.contains(WHY),
+        "serve did not say why, at the line: {all}"
+    );
+}
+
 #[test]
 fn check_fails_on_a_missing_file() {
     let out = run_cli(

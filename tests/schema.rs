@@ -66,6 +66,8 @@ fn schema_refuses_what_the_loader_refuses() {
         ),
         ("clients:\n  - secret_hash: x\n", "a client without id"),
         ("tokens:\n  reuse: maybe\n", "a non-boolean"),
+        ("otel:\n  collector: http://c:4318\n", "an unknown otel key"),
+        ("otel:\n  sample_ratio: often\n", "a non-number ratio"),
     ] {
         assert!(
             !validator.is_valid(&yaml_as_json(bad)),
@@ -76,6 +78,7 @@ fn schema_refuses_what_the_loader_refuses() {
         "store: memory\n",
         "store:\n  redis:\n    url: redis://127.0.0.1:6379/0\n    stale_for: 30s\n",
         "store:\n  redis:\n    cluster: [redis://a:7000, redis://b:7000]\n",
+        "otel:\n  endpoint: http://collector:4318\n  service_name: edge\n  sample_ratio: 0.5\n  timeout: 5s\n",
     ] {
         let errors: Vec<String> = validator
             .iter_errors(&yaml_as_json(good))

@@ -34,6 +34,49 @@ pub(super) struct RawConfig {
     /// How long requests in flight may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: String,
+    /// OpenTelemetry trace export (needs a build with `--features otel`).
+    #[serde(default)]
+    pub otel: RawOtel,
+}
+
+/// `otel:`. Parsed by every build, so the schema and the error messages do not depend on
+/// the build; only a build with the `otel` feature can act on `endpoint`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub(super) struct RawOtel {
+    /// Base URL of an OTLP/HTTP collector (`http://collector:4318`); spans are sent to
+    /// `<endpoint>/v1/traces` as JSON. Absent: no export.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces recorded, 0 to 1; a request that carries a `traceparent` follows
+    /// its sampled flag instead.
+    #[serde(default = "default_sample")]
+    pub sample_ratio: f64,
+    /// Bound on one export to the collector (retries included).
+    #[serde(default = "default_otel_timeout")]
+    pub timeout: String,
+}
+
+impl Default for RawOtel {
+    fn default() -> Self {
+        RawOtel {
+            endpoint: None,
+            service_name: default_service_name(),
+            sample_ratio: default_sample(),
+            timeout: default_otel_timeout(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "portcullis".into()
+}
+
+fn default_otel_timeout() -> String {
+    "10s".into()
 }
 
 fn default_shutdown_grace() -> String {

@@ -10,11 +10,11 @@ use std::time::Duration;
 use http::uri::{Scheme, Uri};
 use http::{HeaderValue, Method};
 
-use super::raw::{RawClient, RawConfig, RawRedis, RawRoute, RawStore};
+use super::raw::{RawClient, RawConfig, RawOtel, RawRedis, RawRoute, RawStore};
 use super::Grant;
 use super::{
-    Client, ClientSecret, Config, LogSettings, RedisSettings, ServerLimits, StoreKind,
-    TokenSettings,
+    Client, ClientSecret, Config, LogSettings, OtelSettings, RedisSettings, ServerLimits,
+    StoreKind, TokenSettings,
 };
 use sha2::Digest;
 
@@ -289,6 +289,90 @@ fn redis_settings(r: &RawRedis, errors: &mut Found) -> Option<RedisSettings> {
     })
 }
 
+/// What a build without the `otel` feature says to `otel.endpoint`.
+pub const NO_OTEL_BUILD: &str =
+    "this build has no OpenTelemetry export; rebuild with --features otel";
+
+fn otel_settings(raw: &RawOtel, errors: &mut Found, warnings: &mut Found) -> OtelSettings {
+    let traces_url = raw.endpoint.as_deref().and_then(|text| {
+        let at = || "otel.endpoint".to_string();
+        if !cfg!(feature = "otel") {
+            errors.push((at(), format!("otel.endpoint is set, but {NO_OTEL_BUILD}")));
+            return None;
+        }
+        let bad = |why: &str| (at(), format!("otel.endpoint {text:?} {why}"));
+        let uri: Uri = match text.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                errors.push(bad(&format!("is not a valid URL: {e}")));
+                return None;
+            }
+        };
+        if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
+            errors.push(bad("must be an http:// or https:// URL"));
+            return None;
+        }
+        match uri.authority() {
+            Some(a) if a.as_str().contains('@') => {
+                errors.push(bad("must not carry credentials"));
+                return None;
+            }
+            Some(a) if !a.host().is_empty() => {}
+            _ => {
+                errors.push(bad("has no host"));
+                return None;
+            }
+        }
+        if uri.query().is_some() {
+            errors.push(bad("must not have a query string"));
+            return None;
+        }
+        let base = text.trim_end_matches('/');
+        if base.ends_with("/v1/traces") {
+            warnings.push((
+                at(),
+                format!(
+                    "otel.endpoint is the collector's base URL: spans will go to {base}/v1/traces"
+                ),
+            ));
+        }
+        Some(Arc::from(format!("{base}/v1/traces")))
+    });
+    if !(0.0..=1.0).contains(&raw.sample_ratio) {
+        errors.push((
+            "otel.sample_ratio".into(),
+            "otel.sample_ratio must be between 0 and 1".into(),
+        ));
+    }
+    let name = raw.service_name.as_str();
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        errors.push((
+            "otel.service_name".into(),
+            "otel.service_name must be 1 to 255 characters, none of them control characters".into(),
+        ));
+    }
+    let timeout = match parse_duration(&raw.timeout) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errors.push((
+                "otel.timeout".into(),
+                "otel.timeout must be above zero".into(),
+            ));
+            Duration::from_secs(10)
+        }
+        Err(e) => {
+            errors.push(("otel.timeout".into(), e));
+            Duration::from_secs(10)
+        }
+    };
+    OtelSettings {
+        traces_url,
+        service_name: name.into(),
+        sample_ratio: raw.sample_ratio,
+        timeout,
+    }
+}
+
 fn parse_addr(text: &str, key: &str, errors: &mut Found) -> SocketAddr {
     text.parse().unwrap_or_else(|_| {
         errors.push((
@@ -443,6 +527,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
         sample_success: raw.log.sample_success,
     };
 
+    let otel = otel_settings(&raw.otel, &mut errors, &mut warnings);
+
     let tls = raw.tls.as_ref().and_then(|t| {
         crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
             .map_err(|e| {
@@ -517,6 +603,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
             shutdown_grace,
             tls,
             log,
+            otel,
         },
         warnings,
     ))
