@@ -1,7 +1,8 @@
 //! The floor under the load benchmark: hyper's server and the gateway's leased upstream
 //! connections with nothing in between (no token, no route, no header rewrite, no metrics).
 //! `cargo run --release --example bare_proxy -- LISTEN UPSTREAM` (both host:port).
-//! benches/load/run.sh measures it beside nginx and portcullis when `FLOOR=1`.
+//! benches/load/run.sh measures it beside nginx and portcullis when `FLOOR=1`, with the
+//! same allocator and worker threads as the gateway.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +12,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis::proxy::{client_for, CallerBody, ClientKey};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {

@@ -243,18 +243,21 @@ start_nginx_proxy() {
         || die "nginx did not proxy the bench request"
 }
 
-# start_portcullis THREADS [BINARY]: the gateway (BINARY, default $BIN) with
-# TOKIO_WORKER_THREADS=THREADS, and a token for the client. Sets GW_PORT, ADMIN_PORT, GW_PID,
+# start_portcullis THREADS [BINARY [STORE]]: the gateway (BINARY, default $BIN; STORE, the
+# `store:` value, default memory) with TOKIO_WORKER_THREADS=THREADS, and a token for the client. Sets GW_PORT, ADMIN_PORT, GW_PID,
 # GW_THREADS (counted), TOKEN and AUTH (the header).
 start_portcullis() {
     local bin=${2:-$BIN}
     read -r GW_PORT ADMIN_PORT < <(free_ports 2)
-    render "$HERE/gateway.yaml.template" "$TMP/gateway.yaml" \
+    # One config and log per gateway: several may run side by side (BASELINE_BIN, REDIS).
+    local cfg="$TMP/gateway-$GW_PORT.yaml"
+    render "$HERE/gateway.yaml.template" "$cfg" \
         "PORT=$GW_PORT" "ADMIN_PORT=$ADMIN_PORT" "UPSTREAM_PORT=$UP_PORT" "SECRET_HASH=$SECRET_HASH" \
-        "ACCESS_LOG=$([[ ${ACCESS_LOG:-0} == 1 ]] && echo true || echo false)"
-    start portcullis env TOKIO_WORKER_THREADS="$1" "$bin" serve --config "$TMP/gateway.yaml"
+        "ACCESS_LOG=$([[ ${ACCESS_LOG:-0} == 1 ]] && echo true || echo false)" \
+        "STORE=${3:-memory}"
+    start "portcullis-$GW_PORT" env TOKIO_WORKER_THREADS="$1" "$bin" serve --config "$cfg"
     GW_PID=$STARTED
-    wait_http portcullis "$GW_PID" "http://127.0.0.1:$ADMIN_PORT/healthz"
+    wait_http "portcullis-$GW_PORT" "$GW_PID" "http://127.0.0.1:$ADMIN_PORT/healthz"
     # `env` execs the gateway, so the pid is the gateway's own.
     [[ $(cat "/proc/$GW_PID/comm") == portcullis ]] || die "pid $GW_PID is not the gateway"
     GW_THREADS=$(tokio_workers "$GW_PID")
@@ -274,6 +277,22 @@ start_portcullis() {
     local code
     code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$GW_PORT$BENCH_PATH")
     [[ $code == 401 ]] || die "portcullis answered $code without a token (expected 401)"
+}
+
+# start_redis: a throwaway redis-server (no persistence) on a free port. Sets REDIS_PORT and
+# REDIS_PID.
+start_redis() {
+    command -v redis-server >/dev/null 2>&1 || die "redis-server missing (Debian package redis-server)"
+    read -r REDIS_PORT < <(free_ports 1)
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$TMP"
+    REDIS_PID=$STARTED
+    local end=$((SECONDS + START_DEADLINE))
+    until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do
+        ((SECONDS < end)) || die "redis-server did not start"
+        sleep 0.1
+    done
+    log "redis: 127.0.0.1:$REDIS_PORT, pid $REDIS_PID"
 }
 
 # stop_tracked PID: stops a process started by start() and forgets it.

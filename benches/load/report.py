@@ -21,7 +21,10 @@ TARGETS = [
     ("nginx", "nginx proxy_pass"),
     ("portcullis", "portcullis (bearer + scope)"),
     ("baseline", "baseline build (BASELINE_BIN)"),
+    ("floor", "floor: hyper + upstream pool, no checks"),
+    ("redis", "portcullis, Redis store (cache warm)"),
     ("token", "portcullis token endpoint"),
+    ("redistoken", "token endpoint, Redis store (CPU: gateway + Redis)"),
 ]
 UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
 NAME = re.compile(r"^N(\d+)-r(\d+)-(\w+)\.txt$")
@@ -124,15 +127,15 @@ def main():
             errors = sum(r["non2xx"] + r["socket_errors"] for r in rs)
             vs_nginx = (None, None)
             vs_direct = (None, None)
-            if target in ("portcullis", "baseline"):
+            if target in ("portcullis", "baseline", "floor", "redis"):
                 vs_nginx = (ratio(target, "nginx", "rps"), ratio(target, "nginx", "p99"))
-            if target in ("nginx", "portcullis", "baseline"):
+            if target in ("nginx", "portcullis", "baseline", "floor", "redis"):
                 vs_direct = (ratio(target, "direct", "rps"), ratio(target, "direct", "p99"))
             if target == "direct":
                 proxy_cpu = None
-            if target == "token":
+            if target in ("token", "redistoken"):
                 upstream_cpu = None
-            unit = "tokens/s" if target == "token" else ""
+            unit = "tokens/s" if target in ("token", "redistoken") else ""
             print(
                 f"| {workers} | {label} | {rps:,.0f}{' ' + unit if unit else ''} | {fmt_us(p50)} "
                 f"| {fmt_us(p99)} | {fmt(proxy_cpu, '.1f', ' µs')} | {fmt(upstream_cpu, '.1f', ' µs')} "
@@ -156,6 +159,21 @@ def main():
             verdicts.append(
                 f"N={workers}: token issuance {rate:,.0f} tokens/s "
                 f"({'reached' if rate >= 20000 else 'NOT reached'}: target >= 20,000/s, memory store)."
+            )
+        r = ratio("redis", "portcullis", "rps")
+        if r is not None:
+            cpu_redis = median(r_.get("proxy_cpu") for r_ in runs.get((workers, "redis"), {}).values())
+            verdicts.append(
+                f"N={workers}: validation on the Redis store (warm cache) moves {r:.2f}x the memory "
+                f"store's requests/s ({'reached' if r >= 0.95 else 'NOT reached'}: target within 5%), "
+                f"CPU per request {fmt(cpu_redis, '.1f', ' µs')} vs {fmt(cpu_gw, '.1f', ' µs')}."
+            )
+        rtokens = runs.get((workers, "redistoken"))
+        if rtokens:
+            rate = median(r_["rps"] for r_ in rtokens.values())
+            verdicts.append(
+                f"N={workers}: token issuance on the Redis store {rate:,.0f} tokens/s "
+                f"({'reached' if rate >= 10000 else 'NOT reached'}: target >= 10,000/s)."
             )
     print()
     for v in verdicts:

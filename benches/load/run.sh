@@ -20,6 +20,11 @@
 #   SKIP_BUILD=0          1 uses target/release/portcullis as it is
 #   BASELINE_BIN=         another portcullis binary (an earlier build) measured in the same
 #                         rounds as "baseline", for A/B comparisons of a change
+#   REDIS=0               1 also measures a second gateway on a Redis store (a redis-server on
+#                         a free port): proxied requests (token cache warm) and token issuance
+#   FLOOR=0               1 also measures examples/bare_proxy: hyper's server and the gateway's
+#                         upstream pool with nothing in between (no token, no headers, no
+#                         metrics), the floor of what the gateway's stack can cost
 #   RESULTS_DIR=target/load-bench   raw wrk outputs, the run's facts and table.md are kept here
 #   KEEP_TMP=0            1 keeps the temp dir (configs, pid files, logs); kept anyway on failure
 #
@@ -40,6 +45,8 @@ RESULTS_DIR=${RESULTS_DIR:-target/load-bench}
 KEEP_TMP=${KEEP_TMP:-0}
 ACCESS_LOG=${ACCESS_LOG:-0}
 BASELINE_BIN=${BASELINE_BIN:-}
+FLOOR=${FLOOR:-0}
+REDIS=${REDIS:-0}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh source-path=SCRIPTDIR
@@ -86,6 +93,10 @@ warmup() {
 # ------------------------------------------------------------------------------------------
 
 setup
+if [[ $FLOOR == 1 ]]; then
+    [[ $SKIP_BUILD == 1 ]] || cargo build --release --example bare_proxy
+    [[ -x $ROOT/target/release/examples/bare_proxy ]] || die "examples/bare_proxy not built"
+fi
 mkdir -p "$RESULTS_DIR"
 RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
 rm -f "$RESULTS_DIR"/*.txt "$RESULTS_DIR"/table.md "$RESULTS_DIR"/run.env
@@ -109,6 +120,7 @@ rm -f "$RESULTS_DIR"/*.txt "$RESULTS_DIR"/table.md "$RESULTS_DIR"/run.env
 # The upstream and the client are shared by every target and every worker count.
 start_upstream "$UPSTREAM_WORKERS"
 make_client
+[[ $REDIS != 1 ]] || start_redis
 
 for n in $WORKERS; do
     start_nginx_proxy "$n"
@@ -118,7 +130,21 @@ for n in $WORKERS; do
         BASE_PID=$GW_PID BASE_PORT=$GW_PORT BASE_AUTH=$AUTH
         log "N=$n: baseline portcullis ($BASELINE_BIN) pid $BASE_PID on :$BASE_PORT"
     fi
+    RGW_PID=
+    if [[ $REDIS == 1 ]]; then
+        start_portcullis "$n" "$BIN" "{redis: {url: \"redis://127.0.0.1:$REDIS_PORT/0\", key_prefix: \"bench$n:\"}}"
+        RGW_PID=$GW_PID RGW_PORT=$GW_PORT RGW_AUTH=$AUTH
+        log "N=$n: portcullis on Redis pid $RGW_PID on :$RGW_PORT"
+    fi
     start_portcullis "$n"
+    FLOOR_PID=
+    if [[ $FLOOR == 1 ]]; then
+        read -r FLOOR_PORT < <(free_ports 1)
+        start floor env TOKIO_WORKER_THREADS="$n" "$ROOT/target/release/examples/bare_proxy" \
+            "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT"
+        FLOOR_PID=$STARTED
+        wait_http floor "$FLOOR_PID" "http://127.0.0.1:$FLOOR_PORT$BENCH_PATH"
+    fi
     echo "gateway_workers_$n=$GW_THREADS" >>"$RESULTS_DIR/run.env"
     log "N=$n: nginx proxy pids $NGX_PIDS on :$NGX_PORT; portcullis pid $GW_PID ($GW_THREADS workers) on :$GW_PORT"
 
@@ -126,18 +152,29 @@ for n in $WORKERS; do
     warmup "http://127.0.0.1:$NGX_PORT$BENCH_PATH"
     warmup -H "$AUTH" "http://127.0.0.1:$GW_PORT$BENCH_PATH"
     [[ -z $BASE_PID ]] || warmup -H "$BASE_AUTH" "http://127.0.0.1:$BASE_PORT$BENCH_PATH"
+    [[ -z $FLOOR_PID ]] || warmup "http://127.0.0.1:$FLOOR_PORT$BENCH_PATH"
+    [[ -z $RGW_PID ]] || warmup -H "$RGW_AUTH" "http://127.0.0.1:$RGW_PORT$BENCH_PATH"
     for ((r = 1; r <= ROUNDS; r++)); do
         log "N=$n round $r/$ROUNDS: direct, nginx, portcullis"
         measure "$RESULTS_DIR/N$n-r$r-direct.txt" "" "http://127.0.0.1:$UP_PORT$BENCH_PATH"
         measure "$RESULTS_DIR/N$n-r$r-nginx.txt" "$NGX_PIDS" "http://127.0.0.1:$NGX_PORT$BENCH_PATH"
         measure "$RESULTS_DIR/N$n-r$r-portcullis.txt" "$GW_PID" -H "$AUTH" \
             "http://127.0.0.1:$GW_PORT$BENCH_PATH"
+        if [[ -n $RGW_PID ]]; then
+            measure "$RESULTS_DIR/N$n-r$r-redis.txt" "$RGW_PID" -H "$RGW_AUTH" \
+                "http://127.0.0.1:$RGW_PORT$BENCH_PATH"
+        fi
+        if [[ -n $FLOOR_PID ]]; then
+            measure "$RESULTS_DIR/N$n-r$r-floor.txt" "$FLOOR_PID" \
+                "http://127.0.0.1:$FLOOR_PORT$BENCH_PATH"
+        fi
         if [[ -n $BASE_PID ]]; then
             measure "$RESULTS_DIR/N$n-r$r-baseline.txt" "$BASE_PID" -H "$BASE_AUTH" \
                 "http://127.0.0.1:$BASE_PORT$BENCH_PATH"
         fi
     done
     [[ -z $BASE_PID ]] || stop_tracked "$BASE_PID"
+    [[ -z $FLOOR_PID ]] || stop_tracked "$FLOOR_PID"
     echo "gateway_rss_kib_$n=$(awk '/^VmRSS/ {print $2}' "/proc/$GW_PID/status")" >>"$RESULTS_DIR/run.env"
 
     # After the proxy rounds: every issued token stays live (1h), and a store grown by
@@ -147,10 +184,15 @@ for n in $WORKERS; do
             log "N=$n token endpoint $r/$ROUNDS"
             measure "$RESULTS_DIR/N$n-r$r-token.txt" "$GW_PID" \
                 -s "$HERE/token.lua" "http://127.0.0.1:$GW_PORT/oauth/token"
+            if [[ -n $RGW_PID ]]; then
+                measure "$RESULTS_DIR/N$n-r$r-redistoken.txt" "$RGW_PID $REDIS_PID" \
+                    -s "$HERE/token.lua" "http://127.0.0.1:$RGW_PORT/oauth/token"
+            fi
         done
     fi
 
     stop_tracked "$GW_PID"
+    [[ -z $RGW_PID ]] || stop_tracked "$RGW_PID"
     stop_tracked "$NGX_MASTER"
 done
 
