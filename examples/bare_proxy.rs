@@ -2,7 +2,7 @@
 //! connections with nothing in between (no token, no route, no header rewrite, no metrics).
 //! `cargo run --release --example bare_proxy -- LISTEN UPSTREAM` (both host:port).
 //! benches/load/run.sh measures it beside nginx and portcullis when `FLOOR=1`, with the
-//! same allocator and worker threads as the gateway.
+//! same worker threads as the gateway.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,9 +12,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis::proxy::{client_for, CallerBody, ClientKey};
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {

@@ -8,11 +8,6 @@ use clap::{Parser, Subcommand};
 use portcullis::config;
 use portcullis::secret::{generate_secret, SecretHash};
 
-/// mimalloc: allocation and free are a measurable share of each proxied request with glibc's
-/// allocator (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "portcullis",

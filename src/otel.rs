@@ -4,9 +4,9 @@
 //! upstream gets a `traceparent` naming the gateway's span, so the trace tree connects;
 //! `tracestate` goes on as the caller sent it.
 //!
-//! A span carries what the access log carries and nothing more: the method, the normalized
-//! path (never the query), the route and client ids, the refusal code, the request id, the
-//! status, sizes and times. No header but `traceparent` and `tracestate` is read, so never a
+//! A span carries what the access log carries, plus the caller's address (`client.address`)
+//! and its `tracestate`: the method, the normalized path (never the query), the route and
+//! client ids, the refusal code, the request id, the status, sizes and times. No header but `traceparent` and `tracestate` is read, so never a
 //! token, a secret or an `Authorization` value.
 //!
 //! Export stays off the request path: an ended span goes into a bounded queue (dropped when
@@ -34,7 +34,9 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    SdkTracer, SdkTracerProvider, ShouldSample, SpanData, SpanExporter,
+};
 use opentelemetry_sdk::Resource;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -97,10 +99,9 @@ impl Traces {
             BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            // A caller's sampled flag decides for its trace; new traces are sampled at the ratio.
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                settings.sample_ratio,
-            ))))
+            // The gateway decides, not the caller: a caller's sampled flag or a trace id chosen
+            // to hash low must not force (or avoid) export.
+            .with_sampler(LocalRatio(settings.sample_ratio))
             .with_resource(
                 Resource::builder()
                     .with_service_name(settings.service_name.to_string())
@@ -537,5 +538,39 @@ mod tests {
         assert_eq!(method_name(&odd), "_OTHER");
         assert_eq!(span_name(method_name(&odd)), "HTTP");
         assert_eq!(span_name("GET"), "GET");
+    }
+}
+
+/// Samples a share of requests by a draw of the gateway's own, whatever the caller's
+/// `traceparent` says; keeps the caller's `tracestate`.
+#[derive(Clone, Debug)]
+struct LocalRatio(f64);
+
+impl ShouldSample for LocalRatio {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        _trace_id: opentelemetry::trace::TraceId,
+        _name: &str,
+        _kind: &opentelemetry::trace::SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        use opentelemetry::trace::TraceContextExt;
+        use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult};
+        let (_, n) = crate::request_id::draw();
+        // The top 53 bits as a uniform draw in [0, 1).
+        let sampled = ((n >> 11) as f64) / ((1u64 << 53) as f64) < self.0;
+        SamplingResult {
+            decision: if sampled {
+                SamplingDecision::RecordAndSample
+            } else {
+                SamplingDecision::Drop
+            },
+            attributes: Vec::new(),
+            trace_state: parent
+                .map(|cx| cx.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        }
     }
 }

@@ -33,17 +33,23 @@ pub fn is_well_formed(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'@'))
 }
 
-/// Ids need to be unique, not secret: a random 64-bit prefix drawn once per process and a
-/// counter, so no system call per request. The counter goes through splitmix64 (a bijection)
-/// so ids do not tell callers how much traffic the gateway sees.
-fn generate() -> HeaderValue {
+/// A random 64-bit prefix drawn once per process and the next value of a counter put through
+/// splitmix64 (a bijection): unique, unpredictable enough for ids and sampling, and no system
+/// call per draw.
+pub fn draw() -> (u64, u64) {
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| u64::from_le_bytes(random_bytes::<8>()));
     let mut n = COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_add(prefix);
     n = (n ^ (n >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     n = (n ^ (n >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    n ^= n >> 31;
+    (prefix, n ^ (n >> 31))
+}
+
+/// Ids need to be unique, not secret: the prefix and a draw, so ids do not tell callers how
+/// much traffic the gateway sees.
+fn generate() -> HeaderValue {
+    let (prefix, n) = draw();
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&prefix.to_be_bytes());
     bytes[8..].copy_from_slice(&n.to_be_bytes());

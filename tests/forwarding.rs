@@ -454,6 +454,108 @@ fn a_response_abandoned_half_read_never_reaches_the_next_caller() {
     assert_eq!(upstream_connections(&up), 2);
 }
 
+/// An upstream that answers `202` as soon as it has a request head, then reads the body,
+/// counting its bytes into the returned total, and serves the next request the same way.
+fn early_answering_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let received = std::sync::Arc::new(AtomicU64::new(0));
+    let listener = rt()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let total = received.clone();
+    rt().spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let total = total.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: u64 = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    buf.drain(..end);
+                    if s.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut left = len;
+                    let had = (buf.len() as u64).min(left);
+                    buf.drain(..had as usize);
+                    left -= had;
+                    total.fetch_add(had, Ordering::SeqCst);
+                    while left > 0 {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                let used = (n as u64).min(left);
+                                left -= used;
+                                total.fetch_add(used, Ordering::SeqCst);
+                                buf.extend_from_slice(&chunk[used as usize..n]);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), received)
+}
+
+#[test]
+fn an_upload_the_upstream_answered_early_is_still_delivered_whole() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    const TOTAL: u64 = 4 * 1024 * 1024;
+    let (url, received) = early_answering_upstream();
+    let gw = gateway(&[route("svc", "/svc", &url, "")]);
+    let tok = token(&gw);
+    for round in 1..=2u64 {
+        let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "POST /svc/ingest HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {tok}\r\nContent-Length: {TOTAL}\r\n\r\n"
+        )
+        .unwrap();
+        let block = vec![b'x'; 64 * 1024];
+        for _ in 0..TOTAL / block.len() as u64 {
+            s.write_all(&block)
+                .expect("the gateway stopped reading the upload");
+        }
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 202");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while received.load(Ordering::SeqCst) < round * TOTAL
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            received.load(Ordering::SeqCst),
+            round * TOTAL,
+            "round {round}: the upstream did not get the whole upload"
+        );
+    }
+}
+
 const BIG: u64 = 256 * 1024 * 1024;
 const RSS_LIMIT_KIB: u64 = 100 * 1024;
 

@@ -8,7 +8,7 @@ pub mod pool;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, LOCATION, UPGRADE};
@@ -37,8 +37,9 @@ pub struct UpstreamClient {
     legacy: Client<HttpsConnector<HttpConnector>, CallerBody>,
     /// What the HTTP/1.1 pools dial with (`None` for an HTTP/2 client).
     connector: Option<HttpsConnector<HttpConnector>>,
-    /// One pool per origin, kept across reloads like the client itself.
-    pools: Mutex<HashMap<Uri, Arc<Http1Pool>>>,
+    /// One pool per origin, shared by the routes of every live config (so a reload keeps
+    /// the connections of unchanged upstreams), and gone with the last route using it.
+    pools: Mutex<HashMap<Uri, Weak<Http1Pool>>>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -60,10 +61,13 @@ impl UpstreamClient {
             .build()
             .ok()?;
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = pools
-            .entry(origin.clone())
-            .or_insert_with(|| Arc::new(Http1Pool::new(connector.clone(), origin)));
-        Some(pool.clone())
+        if let Some(pool) = pools.get(&origin).and_then(Weak::upgrade) {
+            return Some(pool);
+        }
+        pools.retain(|_, p| p.strong_count() > 0);
+        let pool = Arc::new(Http1Pool::new(connector.clone(), origin.clone()));
+        pools.insert(origin, Arc::downgrade(&pool));
+        Some(pool)
     }
 }
 

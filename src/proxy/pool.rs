@@ -38,6 +38,8 @@ type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 const MAX_IDLE: usize = 512;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the rest of an upload may take after the upstream has answered.
+const FINISH_UPLOAD: Duration = Duration::from_secs(30);
 
 /// Why a request got no response head from the upstream.
 #[derive(Debug)]
@@ -179,9 +181,43 @@ impl Http1Pool {
 
     /// Takes back a connection whose response has been read to the end.
     fn checkin(self: &Arc<Self>, mut conn: Box<Leased>, cx: &mut Context<'_>) {
-        if !conn.reusable(cx) {
+        if !conn.drive(cx) {
             return;
         }
+        if conn.tx.is_ready() {
+            self.park(conn);
+        } else {
+            self.finish_upload(conn);
+        }
+    }
+
+    /// The response is complete but the request is not: an upstream that answered before
+    /// reading the whole upload (a 202 for an ingest). The rest of the body is still the
+    /// caller's data, so it goes on being sent, on a task of its own and for a bounded time,
+    /// and then the connection is reused.
+    fn finish_upload(self: &Arc<Self>, mut conn: Box<Leased>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.clone();
+        runtime.spawn(async move {
+            let done = tokio::time::timeout(
+                FINISH_UPLOAD,
+                poll_fn(|cx| match conn.drive(cx) {
+                    false => Poll::Ready(false),
+                    true if conn.tx.is_ready() => Poll::Ready(true),
+                    true => Poll::Pending,
+                }),
+            )
+            .await;
+            if done == Ok(true) {
+                pool.park(conn);
+            }
+        });
+    }
+
+    /// Adds an idle, ready connection to the list (or closes it when the list is full).
+    fn park(self: &Arc<Self>, conn: Box<Leased>) {
         let now = Instant::now();
         let closed = {
             let mut idle = self.idle();
