@@ -43,6 +43,8 @@ pub struct Config {
     pub scopes: ScopeRegistry,
     /// Checked when a client id is unknown, so that costs what a wrong secret costs.
     pub dummy_secret: SecretHash,
+    /// argon2id secrets verified in this snapshot (dropped with it on reload).
+    pub verified_secrets: crate::secret::VerifiedSecrets,
     /// Distinct for each snapshot built by this process; cached per-token data compares it.
     pub generation: u64,
     /// Listener limits (read at start; a change needs a restart).

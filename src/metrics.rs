@@ -61,6 +61,9 @@ pub struct Metrics {
     pub token_errors: IntCounterVec,
     /// `portcullis_auth_failures_total{reason}`.
     pub auth_failures: IntCounterVec,
+    /// `portcullis_secret_cache_total{result}`: argon2id client secrets found already verified
+    /// (`hit`) or checked with argon2 (`miss`).
+    pub secret_cache: IntCounterVec,
     /// `portcullis_live_tokens{client}`, refreshed by a background task.
     pub live_tokens: IntGaugeVec,
     /// `portcullis_inflight_requests`.
@@ -138,6 +141,15 @@ impl Metrics {
                 "Protected requests refused by bearer authentication, by reason.",
             ),
             &["reason"],
+        )
+        .expect("valid metric");
+        let secret_cache = IntCounterVec::new(
+            Opts::new(
+                "portcullis_secret_cache_total",
+                "Token requests with an argon2id client secret: already verified in this config \
+                 (hit) or checked with argon2 (miss).",
+            ),
+            &["result"],
         )
         .expect("valid metric");
         let live_tokens = IntGaugeVec::new(
@@ -279,6 +291,7 @@ impl Metrics {
             Box::new(tokens_issued.clone()),
             Box::new(token_errors.clone()),
             Box::new(auth_failures.clone()),
+            Box::new(secret_cache.clone()),
             Box::new(live_tokens.clone()),
             Box::new(inflight.clone()),
             Box::new(open_connections.clone()),
@@ -303,6 +316,9 @@ impl Metrics {
         for r in ["hit", "miss", "negative_hit", "stale"] {
             token_cache.with_label_values(&[r]);
         }
+        for r in ["hit", "miss"] {
+            secret_cache.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             requests,
@@ -310,6 +326,7 @@ impl Metrics {
             tokens_issued,
             token_errors,
             auth_failures,
+            secret_cache,
             live_tokens,
             inflight,
             open_connections,

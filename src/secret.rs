@@ -85,6 +85,60 @@ impl SecretHash {
     }
 }
 
+/// Successful checks of slow (argon2id) secrets, so a well-behaved client pays argon2 once
+/// per config snapshot rather than on every token request. Keyed by an HMAC of the client id
+/// and the presented secret under a key drawn per snapshot: the cache never holds a secret,
+/// and only the exact secret that verified finds its entry; a wrong secret misses and pays
+/// argon2 in full. Bounded; a reload starts an empty one (a new snapshot, a new cache).
+#[derive(Debug)]
+pub struct VerifiedSecrets {
+    key: [u8; 32],
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], u64>>,
+}
+
+/// At most this many (client, secret) pairs are remembered; when full, it starts over.
+const VERIFIED_MAX: usize = 10_000;
+
+impl Default for VerifiedSecrets {
+    fn default() -> Self {
+        VerifiedSecrets {
+            key: random_bytes::<32>(),
+            verified: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl VerifiedSecrets {
+    /// The cache key of `presented` for `client`.
+    pub fn key_of(&self, client: &str, presented: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.key)
+            .expect("HMAC takes a key of any length");
+        mac.update(&(client.len() as u64).to_be_bytes());
+        mac.update(client.as_bytes());
+        mac.update(presented);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The id of the secret that `key` verified against, if it did in this snapshot.
+    pub fn get(&self, key: &[u8; 32]) -> Option<u64> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Remembers that `key` verified against secret `secret_id`.
+    pub fn insert(&self, key: [u8; 32], secret_id: u64) {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(key, secret_id);
+    }
+}
+
 /// `n` bytes from the operating system's RNG.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];

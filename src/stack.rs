@@ -82,7 +82,8 @@ pub fn stack(shared: Arc<Shared>, peer: SocketAddr, proto: &'static str) -> Gate
         .layer(RequestIdLayer)
         // Inside the id (the span carries it), outside the rest: the span covers the whole
         // answer, refusals included, and its `traceparent` is on the request before the
-        // proxy copies the headers. Its body wraps the access log's, so it ends after the line.
+        // proxy copies the headers. Its body wraps the access log's: a body read to the end
+        // writes the line, then ends the span; a body dropped early ends the span first.
         .layer(trace_layer(&shared, peer, proto))
         // Around the rest so the line is written when the body ends, with its byte count.
         .layer(AccessLogLayer::new(

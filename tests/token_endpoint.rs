@@ -538,3 +538,36 @@ fn token_endpoint_is_an_exact_path_not_a_prefix() {
     assert_ne!(resp.status, 200, "{}", resp.text());
     assert!(resp.json().get("access_token").is_none());
 }
+
+#[test]
+fn an_argon2id_secret_is_checked_once_per_config_and_a_wrong_one_every_time() {
+    let gw = start();
+    let cache =
+        |result: &str| gw.metric_value("portcullis_secret_cache_total", &[("result", result)]);
+    for _ in 0..3 {
+        assert_token_ok(&token_basic(&gw, ARGON_ID, ARGON_SECRET, None));
+    }
+    assert_eq!(
+        (cache("miss"), cache("hit")),
+        (1.0, 2.0),
+        "argon2 once, then remembered"
+    );
+    // A wrong secret never finds the verified one's entry: argon2 in full, every time.
+    for _ in 0..2 {
+        token_basic(
+            &gw,
+            ARGON_ID,
+            "argon-secret-with-enough-entropy-0123456788",
+            None,
+        )
+        .assert_error(401, Some("invalid_client"));
+    }
+    assert_eq!((cache("miss"), cache("hit")), (3.0, 2.0));
+    // A reload forgets what was verified (the secret may have been rotated out).
+    gw.replace_config_file(&format!("{}# reloaded\n", config()));
+    assert!(gw.wait_for_reloads("ok", 1.0), "the reload did not happen");
+    assert_token_ok(&token_basic(&gw, ARGON_ID, ARGON_SECRET, None));
+    assert_eq!((cache("miss"), cache("hit")), (4.0, 2.0));
+    assert_token_ok(&token_basic(&gw, ARGON_ID, ARGON_SECRET, None));
+    assert_eq!((cache("miss"), cache("hit")), (4.0, 3.0));
+}

@@ -9,7 +9,8 @@
 # Run from the repository root:   benches/load/memory.sh
 #
 # Environment (all optional):
-#   IDLE=10000            idle keep-alive connections (the default max_connections is 10000)
+#   IDLE=10000            idle keep-alive connections (the default max_connections is 10000);
+#                         0 skips that part (a soak from a fresh process is the cleaner trend)
 #   SOAK=120s             length of the soak (wrk syntax)
 #   CONNECTIONS=32        wrk connections during the soak
 #   WORKERS=2             TOKIO_WORKER_THREADS of the gateway
@@ -47,17 +48,20 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 warm=$(rss_kib)
 wrk -t1 -c"$CONNECTIONS" -d2s -H "$AUTH" "http://127.0.0.1:$GW_PORT$BENCH_PATH" >/dev/null
 before=$(rss_kib)
-log "opening $IDLE keep-alive connections (one request each)"
-coproc IDLERS { timeout 300 python3 "$HERE/idle_clients.py" 127.0.0.1 "$GW_PORT" "$BENCH_PATH" "$AUTH" "$IDLE" 240 2>&1; }
-idle_pid=$IDLERS_PID
-read -r -t 240 line <&"${IDLERS[0]}" || die "the idle clients did not report"
-[[ $line == "open $IDLE" ]] || die "idle clients: $line"
-sleep 2
-with_idle=$(rss_kib)
-open=$(curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
-    awk '/^portcullis_open_connections\{listener="public"\}/ {print $2}')
-exec {IDLERS[1]}>&-
-wait "$idle_pid" || true
+with_idle=$before open=0
+if ((IDLE > 0)); then
+    log "opening $IDLE keep-alive connections (one request each)"
+    coproc IDLERS { timeout 300 python3 "$HERE/idle_clients.py" 127.0.0.1 "$GW_PORT" "$BENCH_PATH" "$AUTH" "$IDLE" 240 2>&1; }
+    idle_pid=$IDLERS_PID
+    read -r -t 240 line <&"${IDLERS[0]}" || die "the idle clients did not report"
+    [[ $line == "open $IDLE" ]] || die "idle clients: $line"
+    sleep 2
+    with_idle=$(rss_kib)
+    open=$(curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk '/^portcullis_open_connections\{listener="public"\}/ {print $2}')
+    exec {IDLERS[1]}>&-
+    wait "$idle_pid" || true
+fi
 
 # 2. Soak at full load.
 log "soak: wrk -c$CONNECTIONS for $SOAK, VmRSS every 10 s"
@@ -81,9 +85,11 @@ echo "| condition | VmRSS |"
 echo "| --- | ---: |"
 echo "| started, before any load | $(mib "$warm") |"
 echo "| after a 2 s warm-up at $CONNECTIONS connections | $(mib "$before") |"
-echo "| with $IDLE idle keep-alive connections (gateway counts $open open) | $(mib "$with_idle") |"
-echo
-echo "Per idle connection: $(awk -v a="$before" -v b="$with_idle" -v n="$IDLE" 'BEGIN {printf "%.1f KiB", (b - a) / n}')."
+if ((IDLE > 0)); then
+    echo "| with $IDLE idle keep-alive connections (gateway counts $open open) | $(mib "$with_idle") |"
+    echo
+    echo "Per idle connection: $(awk -v a="$before" -v b="$with_idle" -v n="$IDLE" 'BEGIN {printf "%.1f KiB", (b - a) / n}')."
+fi
 echo
 echo "Soak, wrk -c$CONNECTIONS for $SOAK: $requests requests${errors:+, $errors}."
 echo "VmRSS every 10 s: $(for s in "${samples[@]}"; do printf '%s ' "$(mib "$s")"; done)"

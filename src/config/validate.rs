@@ -598,6 +598,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<(Config, Found), Found> {
             routes,
             scopes,
             dummy_secret,
+            verified_secrets: Default::default(),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             server,
             shutdown_grace,

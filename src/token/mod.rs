@@ -187,6 +187,7 @@ async fn authenticate_client(
             .collect(),
         None => Vec::new(),
     };
+    let live: Vec<u64> = candidates.iter().map(|(id, _)| *id).collect();
     let presented = creds.secret.into_bytes();
     let check = {
         let presented = presented.clone();
@@ -209,7 +210,25 @@ async fn authenticate_client(
     let slow =
         client.as_ref().is_some_and(|c| c.has_slow_secret()) || config.dummy_secret.is_slow();
     let matched = if slow {
-        tokio::task::spawn_blocking(check).await.unwrap_or(None)
+        // argon2 is paid once per (client, secret) and config snapshot; a cached match still
+        // has to be one of the client's live secrets.
+        let key = config.verified_secrets.key_of(&creds.id, &presented);
+        let cached = config
+            .verified_secrets
+            .get(&key)
+            .filter(|id| live.contains(id));
+        let result = if cached.is_some() { "hit" } else { "miss" };
+        cx.metrics.secret_cache.with_label_values(&[result]).inc();
+        match cached {
+            Some(id) => Some(id),
+            None => {
+                let matched = tokio::task::spawn_blocking(check).await.unwrap_or(None);
+                if let Some(id) = matched {
+                    config.verified_secrets.insert(key, id);
+                }
+                matched
+            }
+        }
     } else {
         check()
     };
