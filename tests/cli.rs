@@ -349,6 +349,18 @@ fn the_otel_section_is_checked_at_its_lines() {
             "{needle:?} not reported at line {line}: {err}"
         );
     }
+    // Longer than the SDK's own 30 s cut of an export: it could never take effect.
+    let long = format!("{}otel:\n  timeout: 45s\n", valid_config());
+    let (out, f) = check(&long);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr {err}");
+    let line = line_of(&long, "timeout: 45s", 1);
+    assert!(
+        diagnostics(&err, f.path().to_str().unwrap())
+            .iter()
+            .any(|(l, _, m)| *l == line && m.contains("at most 30s")),
+        "timeout: 45s not reported at line {line}: {err}"
+    );
     let fine = format!(
         "{}otel:\n  service_name: edge\n  sample_ratio: 0.1\n",
         valid_config()

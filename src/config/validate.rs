@@ -352,11 +352,13 @@ fn otel_settings(raw: &RawOtel, errors: &mut Found, warnings: &mut Found) -> Ote
         ));
     }
     let timeout = match parse_duration(&raw.timeout) {
-        Ok(d) if !d.is_zero() => d,
+        // The SDK cuts every export at 30 s (OTEL_BSP_EXPORT_TIMEOUT) on its own, before a
+        // longer timeout of ours could count or report the failure.
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(30) => d,
         Ok(_) => {
             errors.push((
                 "otel.timeout".into(),
-                "otel.timeout must be above zero".into(),
+                "otel.timeout must be above zero and at most 30s".into(),
             ));
             Duration::from_secs(10)
         }
