@@ -141,6 +141,7 @@ fn init_tracing(log: &config::LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    portcullis::access_log::set_json(log.json);
     if log.json {
         builder.json().flatten_event(true).init();
     } else {

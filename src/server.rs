@@ -71,6 +71,8 @@ impl Running {
         }
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.admin_task).await;
+        // The last requests' access lines.
+        crate::access_log::flush();
     }
 
     /// Reloads the config from `path` on SIGHUP and whenever the file changes from the
@@ -201,6 +203,14 @@ pub async fn run(config: Config) -> io::Result<Running> {
         )));
     }
     public_tasks.push(tokio::spawn(sweep(shared.clone(), stop_rx)));
+    // Access lines wait at most this long for their batch.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(crate::access_log::FLUSH_EVERY);
+        loop {
+            tick.tick().await;
+            crate::access_log::flush();
+        }
+    });
     let admin_task = {
         let admin = admin.clone();
         tokio::spawn(serve(
