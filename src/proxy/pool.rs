@@ -179,9 +179,11 @@ impl Http1Pool {
         }
     }
 
-    /// Takes back a connection whose response has been read to the end.
-    fn checkin(self: &Arc<Self>, mut conn: Box<Leased>, cx: &mut Context<'_>) {
-        if !conn.drive(cx) {
+    /// Takes back a connection whose response has been read to the end. It is polled with a
+    /// no-op waker: an idle connection must not keep the last caller's task (and its memory)
+    /// alive through the wakers it registered.
+    fn checkin(self: &Arc<Self>, mut conn: Box<Leased>) {
+        if !conn.drive(&mut Context::from_waker(Waker::noop())) {
             return;
         }
         if conn.tx.is_ready() {
@@ -297,9 +299,9 @@ impl UpstreamBody {
         UpstreamBody { body, lease: None }
     }
 
-    fn release(&mut self, cx: &mut Context<'_>) {
+    fn release(&mut self) {
         if let Some((conn, pool)) = self.lease.take() {
-            pool.checkin(conn, cx);
+            pool.checkin(conn);
         }
     }
 }
@@ -318,8 +320,8 @@ impl Body for UpstreamBody {
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         match &frame {
-            Poll::Ready(None) => this.release(cx),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(cx),
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
             // A failed body leaves the connection in no state to reuse.
             Poll::Ready(Some(Err(_))) => this.lease = None,
             _ => {}
@@ -341,7 +343,7 @@ impl Drop for UpstreamBody {
         // hyper never polls a body that is empty from the start (204, HEAD, Content-Length:
         // 0): it ends here, complete, and its connection can still be reused.
         if self.body.is_end_stream() {
-            self.release(&mut Context::from_waker(Waker::noop()));
+            self.release();
         }
     }
 }
