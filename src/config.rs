@@ -198,8 +198,7 @@ impl Grant {
     pub fn of(bits: ScopeSet, registry: &ScopeRegistry) -> Grant {
         Grant {
             names: registry.names(&bits).cloned().collect(),
-            header: HeaderValue::from_str(&registry.join(&bits))
-                .unwrap_or(HeaderValue::from_static("")),
+            header: registry.header(&bits),
             bits,
         }
     }

@@ -127,6 +127,12 @@ impl ScopeRegistry {
         out
     }
 
+    /// The names in `set` as the `X-Client-Scopes` value the upstream gets (scope names are
+    /// validated printable ASCII, so the header cannot fail; empty if it somehow did).
+    pub fn header(&self, set: &ScopeSet) -> http::HeaderValue {
+        http::HeaderValue::from_str(&self.join(set)).unwrap_or(http::HeaderValue::from_static(""))
+    }
+
     /// Every known name, in interning order.
     pub fn all(&self) -> &[Arc<str>] {
         &self.names

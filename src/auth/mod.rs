@@ -127,8 +127,7 @@ impl Claims {
                 .scopes
                 .set_of(record.scopes.iter().map(|s| &**s))
                 .intersection(&client.scopes);
-            let header = HeaderValue::from_str(&config.scopes.join(&granted))
-                .unwrap_or(HeaderValue::from_static(""));
+            let header = config.scopes.header(&granted);
             (granted, header)
         });
         Some(Claims {

@@ -84,8 +84,7 @@ impl TokenRecord {
         config: &Config,
     ) -> TokenRecord {
         let scope_bits = config.scopes.set_of(scopes.iter().map(|s| &**s));
-        let scope_header = HeaderValue::from_str(&config.scopes.join(&scope_bits))
-            .unwrap_or(HeaderValue::from_static(""));
+        let scope_header = config.scopes.header(&scope_bits);
         TokenRecord {
             client_id,
             secret_id,
