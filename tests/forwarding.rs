@@ -625,3 +625,97 @@ fn chunked_request_body_streams_in_flat_memory() {
     assert_eq!(counter.take_one().body_len, total as u64);
     assert!(gw.vm_hwm_kib() < RSS_LIMIT_KIB);
 }
+
+/// A plain HTTP/1.1 upstream answering `200 ok` on its own runtime, so that dropping it closes
+/// the listener and every connection at once, as a crashed process would.
+fn killable_upstream(addr: std::net::SocketAddr) -> tokio::runtime::Runtime {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .expect("bind the upstream's port");
+    runtime.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    runtime
+}
+
+#[test]
+fn an_upstream_dying_and_coming_back_under_load_costs_only_the_requests_it_missed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = killable_upstream(addr);
+    let gw = gateway(&[route(
+        "svc",
+        "/svc",
+        &format!("http://{addr}"),
+        "    timeout: 5s\n",
+    )]);
+    let tok = token(&gw);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, tok, stop) = (gw.url("/svc/x"), tok.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = get(&url)
+                        .bearer(&tok)
+                        .timeout(Duration::from_secs(10))
+                        .try_send();
+                    statuses.push(r.map(|r| r.status).unwrap_or(0));
+                }
+                statuses
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    upstream.shutdown_background(); // the upstream crashes
+    std::thread::sleep(Duration::from_millis(700));
+    let upstream = killable_upstream(addr); // and comes back on the same port
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let statuses: Vec<u16> = callers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let count = |s: u16| statuses.iter().filter(|&&x| x == s).count();
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 502)),
+        "only 200 and 502 expected (no hang, no 500, no 504): 200 x{}, 502 x{}, other {:?}",
+        count(200),
+        count(502),
+        statuses
+            .iter()
+            .filter(|s| !matches!(s, 200 | 502))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        count(502) > 0,
+        "the outage was not seen: {} requests",
+        statuses.len()
+    );
+    // Back to normal at once: no stale pooled connection is handed out.
+    for _ in 0..20 {
+        let r = get(&gw.url("/svc/x")).bearer(&tok).send();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    drop(upstream);
+}
