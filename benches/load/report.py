@@ -143,38 +143,36 @@ def main():
                 f"| {fmt(vs_direct[0], '.2f', 'x')} | {fmt(vs_direct[1], '.2f', 'x')} | {errors} |"
             )
 
+        def cpu(target):
+            return median(r.get("proxy_cpu") for r in runs.get((workers, target), {}).values())
+
+        def issuance(target, floor, what):
+            rounds = runs.get((workers, target))
+            if rounds:
+                rate = median(r["rps"] for r in rounds.values())
+                verdicts.append(
+                    f"N={workers}: token issuance{what} {rate:,.0f} tokens/s "
+                    f"({'reached' if rate >= floor else 'NOT reached'}: target >= {floor:,}/s)."
+                )
+
         t, p = ratio("portcullis", "nginx", "rps"), ratio("portcullis", "nginx", "p99")
-        cpu_gw = median(r.get("proxy_cpu") for r in runs.get((workers, "portcullis"), {}).values())
-        cpu_ngx = median(r.get("proxy_cpu") for r in runs.get((workers, "nginx"), {}).values())
         if t is not None and p is not None:
             verdicts.append(
                 f"N={workers}: throughput {t:.2f}x nginx ({'reached' if t >= 1.0 else 'NOT reached'}: "
                 f"target >= 1.0x), p99 {p:.2f}x nginx ({'reached' if p <= 1.0 else 'NOT reached'}: "
-                f"target <= 1.0x), CPU per request {fmt(cpu_gw, '.1f', ' µs')} vs nginx "
-                f"{fmt(cpu_ngx, '.1f', ' µs')}."
+                f"target <= 1.0x), CPU per request {fmt(cpu('portcullis'), '.1f', ' µs')} vs nginx "
+                f"{fmt(cpu('nginx'), '.1f', ' µs')}."
             )
-        tokens = runs.get((workers, "token"))
-        if tokens:
-            rate = median(r["rps"] for r in tokens.values())
-            verdicts.append(
-                f"N={workers}: token issuance {rate:,.0f} tokens/s "
-                f"({'reached' if rate >= 20000 else 'NOT reached'}: target >= 20,000/s, memory store)."
-            )
+        issuance("token", 20000, " (memory store)")
         r = ratio("redis", "portcullis", "rps")
         if r is not None:
-            cpu_redis = median(r_.get("proxy_cpu") for r_ in runs.get((workers, "redis"), {}).values())
             verdicts.append(
                 f"N={workers}: validation on the Redis store (warm cache) moves {r:.2f}x the memory "
                 f"store's requests/s ({'reached' if r >= 0.95 else 'NOT reached'}: target within 5%), "
-                f"CPU per request {fmt(cpu_redis, '.1f', ' µs')} vs {fmt(cpu_gw, '.1f', ' µs')}."
+                f"CPU per request {fmt(cpu('redis'), '.1f', ' µs')} vs "
+                f"{fmt(cpu('portcullis'), '.1f', ' µs')}."
             )
-        rtokens = runs.get((workers, "redistoken"))
-        if rtokens:
-            rate = median(r_["rps"] for r_ in rtokens.values())
-            verdicts.append(
-                f"N={workers}: token issuance on the Redis store {rate:,.0f} tokens/s "
-                f"({'reached' if rate >= 10000 else 'NOT reached'}: target >= 10,000/s)."
-            )
+        issuance("redistoken", 10000, " on the Redis store")
     print()
     for v in verdicts:
         print(f"- {v}")
