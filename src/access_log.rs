@@ -187,7 +187,7 @@ impl OnEnd for Entry {
             completed,
             duration: self.pending.start.elapsed(),
         };
-        LINE.with_borrow_mut(|buf| {
+        let write = |buf: &mut Vec<u8>| {
             buf.clear();
             if JSON.load(Ordering::Relaxed) {
                 line.json(buf, SystemTime::now());
@@ -195,7 +195,12 @@ impl OnEnd for Entry {
                 line.text(buf, SystemTime::now());
             }
             queue(buf);
-        });
+        };
+        // A body dropped while its thread is going away finds no buffer: use a fresh one
+        // rather than panic in a destructor.
+        if LINE.try_with(|b| write(&mut b.borrow_mut())).is_err() {
+            write(&mut Vec::new());
+        }
     }
 }
 
@@ -261,11 +266,18 @@ struct Line<'a> {
     duration: Duration,
 }
 
-impl Line<'_> {
-    fn ms(d: Duration) -> f64 {
-        d.as_secs_f64() * 1000.0
+/// `d` in milliseconds, always with a decimal point (`2.0`, not `2`), so log pipelines that
+/// guess a field's type from its first value see a float every time. (`Display` of an f64
+/// never uses an exponent.)
+fn push_ms(out: &mut Vec<u8>, d: Duration) {
+    let start = out.len();
+    let _ = write!(out, "{}", d.as_secs_f64() * 1000.0);
+    if !out[start..].contains(&b'.') {
+        out.extend_from_slice(b".0");
     }
+}
 
+impl Line<'_> {
     fn json(&self, out: &mut Vec<u8>, now: SystemTime) {
         let o = self.outcome;
         out.extend_from_slice(b"{\"timestamp\":\"");
@@ -285,14 +297,13 @@ impl Line<'_> {
         push_json_str(out, o.and_then(|o| o.path.as_deref()).unwrap_or("-"));
         let _ = write!(
             out,
-            ",\"status\":{},\"bytes\":{},\"completed\":{},\"duration_ms\":{}",
-            self.status,
-            self.bytes,
-            self.completed,
-            Self::ms(self.duration)
+            ",\"status\":{},\"bytes\":{},\"completed\":{},\"duration_ms\":",
+            self.status, self.bytes, self.completed,
         );
+        push_ms(out, self.duration);
         if let Some(up) = o.and_then(|o| o.upstream) {
-            let _ = write!(out, ",\"upstream_ms\":{}", Self::ms(up));
+            out.extend_from_slice(b",\"upstream_ms\":");
+            push_ms(out, up);
         }
         if let Some(reason) = o.and_then(|o| o.refusal) {
             out.extend_from_slice(b",\"reason\":");
@@ -307,7 +318,7 @@ impl Line<'_> {
         let _ = write!(
             out,
             "  INFO {ACCESS_TARGET}: request request_id={:?} client={:?} route={:?} method={:?} \
-             path={:?} status={} bytes={} completed={} duration_ms={}",
+             path={:?} status={} bytes={} completed={} duration_ms=",
             self.id.unwrap_or("-"),
             o.and_then(|o| o.client.as_deref()).unwrap_or("-"),
             o.map(|o| &*o.route).unwrap_or(crate::metrics::ROUTE_NONE),
@@ -316,10 +327,11 @@ impl Line<'_> {
             self.status,
             self.bytes,
             self.completed,
-            Self::ms(self.duration),
         );
+        push_ms(out, self.duration);
         if let Some(up) = o.and_then(|o| o.upstream) {
-            let _ = write!(out, " upstream_ms={}", Self::ms(up));
+            out.extend_from_slice(b" upstream_ms=");
+            push_ms(out, up);
         }
         if let Some(reason) = o.and_then(|o| o.refusal) {
             let _ = write!(out, " reason={reason:?}");
@@ -443,5 +455,14 @@ mod tests {
             "{v}"
         );
         assert_eq!(v["route"], crate::metrics::ROUTE_NONE);
+
+        let whole = Line {
+            duration: Duration::from_millis(2),
+            ..bare
+        };
+        let mut out = Vec::new();
+        whole.json(&mut out, UNIX_EPOCH);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"duration_ms\":2.0,"), "{text}");
     }
 }

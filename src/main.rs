@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use portcullis::config;
@@ -231,7 +232,7 @@ fn serve(path: PathBuf) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let running = match portcullis::run(loaded.config).await {
             Ok(r) => r,
             Err(e) => {
@@ -251,7 +252,12 @@ fn serve(path: PathBuf) -> ExitCode {
         tracing::info!("shutting down: draining connections");
         running.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Connections still open when the grace period ran out end with the runtime; their
+    // access lines (completed: false) are the last ones out.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    portcullis::access_log::flush();
+    code
 }
 
 async fn wait_for_signal() {

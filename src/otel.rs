@@ -558,7 +558,7 @@ impl ShouldSample for LocalRatio {
     ) -> opentelemetry_sdk::trace::SamplingResult {
         use opentelemetry::trace::TraceContextExt;
         use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult};
-        let (_, n) = crate::request_id::draw();
+        let n = crate::request_id::draw(crate::request_id::Stream::Sampling);
         // The top 53 bits as a uniform draw in [0, 1).
         let sampled = ((n >> 11) as f64) / ((1u64 << 53) as f64) < self.0;
         SamplingResult {

@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::secret::{encode_hex, random_bytes};
+use crate::secret::encode_hex;
 
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -33,26 +33,35 @@ pub fn is_well_formed(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'@'))
 }
 
-/// A random 64-bit prefix drawn once per process and the next value of a counter put through
-/// splitmix64 (a bijection): unique, unpredictable enough for ids and sampling, and no system
-/// call per draw.
-pub fn draw() -> (u64, u64) {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| u64::from_le_bytes(random_bytes::<8>()));
-    let mut n = COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_add(prefix);
-    n = (n ^ (n >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    n = (n ^ (n >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (prefix, n ^ (n >> 31))
+/// What a draw is for: ids and sampling decisions come from separate streams.
+#[derive(Clone, Copy)]
+pub enum Stream {
+    /// Request ids.
+    Id = 0,
+    /// Trace sampling.
+    Sampling = 1,
 }
 
-/// Ids need to be unique, not secret: the prefix and a draw, so ids do not tell callers how
-/// much traffic the gateway sees.
+/// 64 bits no caller can predict or trace back: a keyed SipHash (std's `RandomState`, whose
+/// 128-bit key comes from the operating system's RNG once per process and never leaves it)
+/// of a process-wide counter. No system call per draw; seeing any number of outputs tells
+/// nothing about the counter (how much traffic there is) or about the next draw.
+pub fn draw(stream: Stream) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = KEY.get_or_init(Default::default).build_hasher();
+    h.write_u8(stream as u8);
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+/// 128 bits from two draws: unique in practice (a collision is a 2^-64 event after 2^32
+/// ids) and unpredictable.
 fn generate() -> HeaderValue {
-    let (prefix, n) = draw();
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&prefix.to_be_bytes());
-    bytes[8..].copy_from_slice(&n.to_be_bytes());
+    bytes[..8].copy_from_slice(&draw(Stream::Id).to_be_bytes());
+    bytes[8..].copy_from_slice(&draw(Stream::Id).to_be_bytes());
     HeaderValue::from_str(&encode_hex(&bytes)).expect("hex is a valid header")
 }
 

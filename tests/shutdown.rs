@@ -371,3 +371,57 @@ fn max_connections_bounds_the_connections_served_at_once() {
         200
     );
 }
+
+#[test]
+fn a_response_cut_off_by_the_grace_period_still_gets_its_access_line() {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends a head and the start of a long body, then stalls.
+    let listener = rt()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let up = listener.local_addr().unwrap();
+    rt().spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n0123456789")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let mut gw = Gateway::start(&public_config(
+        &format!("http://{up}"),
+        "shutdown_grace: 1s\n",
+    ));
+    let mut caller = StdTcpStream::connect(gw.addr()).unwrap();
+    caller
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    caller
+        .write_all(&head(
+            "/pub/stream",
+            "X-Request-Id: cut-off-by-shutdown\r\n",
+        ))
+        .unwrap();
+    let mut got = [0u8; 12];
+    caller.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
+
+    gw.send_signal("TERM");
+    let status = gw
+        .wait_for_exit(Duration::from_secs(8))
+        .expect("exits after its grace period");
+    assert_eq!(status.code(), Some(0));
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["request_id"] == "cut-off-by-shutdown")
+        .unwrap_or_else(|| panic!("no access line for the cut-off response:\n{logs}"));
+    assert_eq!(line["completed"], false, "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+}
