@@ -994,27 +994,6 @@ fn many_idle_connections_do_not_stop_a_normal_request() {
 // A flood of garbage tokens
 // ---------------------------------------------------------------------------------------------
 
-/// xorshift64*, for reproducible garbage.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn b64url(&mut self, n: usize) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        (0..n)
-            .map(|_| A[(self.next() % 64) as usize] as char)
-            .collect()
-    }
-}
-
 /// Sends GETs with the given `Authorization` values over one kept-alive connection and counts
 /// the answers by status; reconnects when the gateway closes.
 fn keep_alive_flood(addr: SocketAddr, auths: &[String]) -> Result<Vec<(u16, usize)>, String> {
@@ -1064,7 +1043,7 @@ fn a_flood_of_garbage_tokens_is_refused_with_flat_memory() {
     let up = raw_upstream();
     let gw = Gateway::start(&config(&up.url(), ""));
     let addr = gw.addr();
-    let mut rng = Rng(0x5EED_0000_0000_0001);
+    let mut rng = Rng::new(0x5EED_0000_0000_0001);
 
     // Warm-up: let allocator arenas, the connection path and the log writer reach their
     // working size before the baseline.

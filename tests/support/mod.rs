@@ -1518,3 +1518,51 @@ pub fn h2_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]
             .expect("HTTP/2 exchange timed out")
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// A deterministic generator
+// ---------------------------------------------------------------------------------------------
+
+/// xorshift64*: small, fast, and the same sequence on every run for a given seed, for
+/// property tests and reproducible garbage.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Never zero: xorshift stays at zero forever.
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-ish in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: usize, den: usize) -> bool {
+        self.below(den) < num
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    pub fn pick_str(&mut self, items: &[&'static str]) -> &'static str {
+        items[self.below(items.len())]
+    }
+
+    /// `n` base64url characters.
+    pub fn b64url(&mut self, n: usize) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        (0..n).map(|_| A[self.below(64)] as char).collect()
+    }
+}
