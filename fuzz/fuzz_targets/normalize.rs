@@ -8,6 +8,11 @@
 use libfuzzer_sys::fuzz_target;
 use portcullis::route::{normalize, PathError};
 
+// The same normal-form check as the property tests.
+#[path = "../../tests/support/normal_form.rs"]
+mod normal_form;
+use normal_form::check_normal_form;
+
 /// The lowest depth the segments of `path` reach, reading `%2e`/`%2E` as `.` (the only
 /// escape that can make a dot segment); `path` must have passed normalize's validation.
 fn lowest_depth(path: &str) -> i64 {
@@ -39,34 +44,6 @@ fn lowest_depth(path: &str) -> i64 {
     lowest
 }
 
-fn check_normal(input: &str, out: &str) {
-    assert!(out.starts_with('/'), "{input:?} -> {out:?}");
-    assert!(!out.contains("//"), "{input:?} -> {out:?}");
-    let segments: Vec<&str> = out[1..].split('/').collect();
-    for (i, s) in segments.iter().enumerate() {
-        assert!(
-            !matches!(*s, "." | "..") && (!s.is_empty() || i + 1 == segments.len()),
-            "{input:?} -> {out:?}: segment {s:?}"
-        );
-    }
-    let b = out.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let (h, l) = (b[i + 1], b[i + 2]);
-            assert!(
-                h.is_ascii_hexdigit() && l.is_ascii_hexdigit() && !h.is_ascii_lowercase() && !l.is_ascii_lowercase(),
-                "{input:?} -> {out:?}: escape"
-            );
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let again = normalize(out).unwrap_or_else(|e| panic!("{input:?} -> {out:?} refused: {e:?}"));
-    assert_eq!(again, out, "{input:?}: not a fixed point");
-}
-
 const PREFIX: &str = "/api/v1";
 
 fuzz_target!(|data: &[u8]| {
@@ -75,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match normalize(input) {
         Ok(out) => {
-            check_normal(input, &out);
+            check_normal_form(input, &out);
             assert!(lowest_depth(input) >= 0, "{input:?} climbed above the root but became {out:?}");
         }
         Err(PathError::EscapesRoot) => {
@@ -88,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     let tail = if input.starts_with('/') { input.to_string() } else { format!("/{input}") };
     let path = format!("{PREFIX}{tail}");
     if let Ok(out) = normalize(&path) {
-        check_normal(&path, &out);
+        check_normal_form(&path, &out);
         if lowest_depth(&tail) >= 0 {
             assert!(
                 out == PREFIX || out.starts_with(&format!("{PREFIX}/")),

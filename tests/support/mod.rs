@@ -41,6 +41,8 @@ pub use self::store::*;
 
 // Reload, signals, held connections and redirects for the operations suites.
 mod ops;
+// The normal form of a path, also included by the `normalize` fuzz target.
+pub mod normal_form;
 #[allow(unused_imports)] // not every suite uses them
 pub use self::ops::*;
 
